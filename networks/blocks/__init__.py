@@ -1,0 +1,1 @@
+"""Shared building blocks; a block moves here the moment a second network needs it."""

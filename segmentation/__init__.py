@@ -1,0 +1,1 @@
+"""dermseg's training library: config, data, losses, metrics, trainer, hooks, checkpoints."""
