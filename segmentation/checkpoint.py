@@ -1,0 +1,120 @@
+"""Checkpoints: atomic writes, ``weights_only`` loading, and rebuilding the exact model from the file.
+
+A checkpoint is a plain dict of tensors and primitives (loadable with ``torch.load(weights_only=True)``, so no
+pickled code runs): ``model_spec`` (registered name + constructor kwargs), ``model`` (state dict without
+``torch.compile``/DDP prefixes), ``config`` (the resolved experiment config), ``optimizer``, ``scheduler``,
+``step``, ``best`` (metric name and value) and ``rng`` (python, numpy and torch generator states).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+import networks
+
+_PREFIXES = ("_orig_mod.", "module.")
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The bare network inside ``torch.compile`` and DDP wrappers."""
+    while True:
+        if hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        elif isinstance(model, nn.parallel.DistributedDataParallel):
+            model = model.module
+        else:
+            return model
+
+
+def clean_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Strip ``_orig_mod.`` (compile) and ``module.`` (DDP) prefixes from state-dict keys."""
+    out = {}
+    for key, value in state.items():
+        changed = True
+        while changed:
+            changed = False
+            for prefix in _PREFIXES:
+                if key.startswith(prefix):
+                    key, changed = key[len(prefix) :], True
+        out[key] = value
+    return out
+
+
+def rng_state() -> dict[str, Any]:
+    """Python, numpy and torch RNG states as ``weights_only``-safe values."""
+    np_state = np.random.get_state()
+    state = {
+        "python": [list(x) if isinstance(x, tuple) else x for x in random.getstate()],
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].copy()), *np_state[2:]],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what :func:`rng_state` saved."""
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
+    """Write ``payload`` atomically: a temp file in the same folder, fsync, then ``os.replace``.
+
+    A crash at any moment leaves either the previous complete file or the new complete file.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load a dermseg checkpoint with ``weights_only=True``; a clear error for missing or broken files."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"checkpoint '{path}' not found; pass a file such as RUN_DIR/checkpoints/best.pt."
+        )
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # truncated/corrupt archives raise several exception types
+        raise RuntimeError(
+            f"checkpoint '{path}' is unreadable or truncated ({type(err).__name__}: {err}); "
+            "use another checkpoint from the run folder (e.g. last.pt or best.pt)."
+        ) from err
+    if not isinstance(ckpt, dict) or "model_spec" not in ckpt or "model" not in ckpt:
+        raise RuntimeError(
+            f"'{path}' is not a dermseg checkpoint (no 'model_spec'/'model' entries); "
+            "for bare weights use networks.common.load_pretrained."
+        )
+    return ckpt
+
+
+def model_from_checkpoint(ckpt: dict[str, Any]) -> nn.Module:
+    """Rebuild the network recorded in ``ckpt['model_spec']`` and load its weights (strict)."""
+    spec = ckpt["model_spec"]
+    model = networks.build_network(spec["name"], **spec["kwargs"])
+    model.load_state_dict(clean_state_dict(ckpt["model"]))
+    return model

@@ -1,0 +1,206 @@
+"""The one training loop: iteration-based, resumable, with hooks (nanoGPT-short, nnU-Net-structured).
+
+``fit()`` runs steps ``self.step .. train.steps - 1``; each step is ``train_step`` (autocast where it helps ->
+loss, or ``model.compute_loss`` for networks whose objective is not "logits -> loss" -> backward -> clip ->
+optimizer -> schedule). Validation runs every ``eval_every`` steps on the validation split only and selects
+``best.pt`` by a named per-image metric. Hooks (TensorBoard, checkpoints, console) observe the loop.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from contextlib import nullcontext
+
+import torch
+from torch import nn
+
+from segmentation.checkpoint import clean_state_dict, rng_state, set_rng_state, unwrap
+from segmentation.config import Config
+from segmentation.data.loader import train_loader
+from segmentation.evaluation import evaluate_model
+
+
+class Hook:
+    """Base class: every callback is a no-op until a subclass overrides it."""
+
+    def on_fit_start(self, trainer: Trainer) -> None:
+        pass
+
+    def on_step_end(self, trainer: Trainer, logs: dict[str, float]) -> None:
+        pass
+
+    def on_eval_end(self, trainer: Trainer, metrics: dict, improved: bool) -> None:
+        pass
+
+    def on_fit_end(self, trainer: Trainer) -> None:
+        pass
+
+
+class Trainer:
+    """Trains one network on one dataset.
+
+    Args:
+        model: the network (already on ``device``; possibly compiled).
+        loss_fn: ``(logits [B,K,H,W], mask long [B,H,W]) -> scalar``.
+        optimizer, scheduler: built from the config (``scheduler`` is stepped once per training step, or on
+            validation for ``ReduceLROnPlateau``).
+        train_set, val_set: datasets of the training and *validation* splits.
+        config: the validated experiment config (saved inside every checkpoint).
+        spec: ``{"name", "kwargs"}`` that rebuilds the network (saved inside every checkpoint).
+        device: where to train.
+        hooks: observers called in order.
+        collate_fn: batch collation for the dataset's sample dicts.
+    """
+
+    def __init__(
+        self,
+        *,
+        model: nn.Module,
+        loss_fn: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        scheduler,
+        train_set,
+        val_set,
+        config: Config,
+        spec: dict,
+        device: torch.device,
+        hooks: list[Hook] = (),
+        collate_fn=None,
+    ) -> None:
+        self.model, self.loss_fn = model, loss_fn
+        self.optimizer, self.scheduler = optimizer, scheduler
+        self.train_set, self.val_set = train_set, val_set
+        self.config, self.cfg, self.spec = config, config.train, spec
+        self.device, self.hooks, self.collate_fn = device, list(hooks), collate_fn
+        self.step = 0
+        self.best = {"metric": config.eval.metric, "value": -math.inf, "step": -1}
+        self.last_metrics: dict = {}
+        use_amp = self.cfg.amp == "on" or (self.cfg.amp == "auto" and device.type == "cuda")
+        self.amp_dtype = torch.bfloat16 if device.type == "cpu" else torch.float16
+        self.use_amp = use_amp
+        self.scaler = torch.amp.GradScaler(device.type, enabled=use_amp and device.type == "cuda")
+
+    # ------------------------------------------------------------------ loop
+    def fit(self) -> dict:
+        """Train until ``train.steps``; return the last validation metrics."""
+        for hook in self.hooks:
+            hook.on_fit_start(self)
+        loader = train_loader(
+            self.train_set,
+            batch_size=self.cfg.batch_size,
+            seed=self.cfg.seed,
+            start_step=self.step,
+            total_steps=self.cfg.steps,
+            num_workers=self.cfg.num_workers,
+            collate_fn=self.collate_fn,
+        )
+        for batch in loader:
+            logs = self.train_step(batch)
+            self.step += 1
+            if self.step % self.cfg.eval_every == 0 or self.step == self.cfg.steps:
+                self.validate()
+            for hook in self.hooks:
+                hook.on_step_end(self, logs)
+        for hook in self.hooks:
+            hook.on_fit_end(self)
+        return self.last_metrics
+
+    def autocast(self):
+        """Autocast context when enabled (off on CPU by default: it slows CPU training)."""
+        if not self.use_amp:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def train_step(self, batch: dict) -> dict[str, float]:
+        """One optimisation step; raises ``FloatingPointError`` on a non-finite loss (nothing is written)."""
+        start = time.perf_counter()
+        self.model.train()
+        batch = self.to_device(batch)
+        with self.autocast():
+            if hasattr(unwrap(self.model), "compute_loss"):
+                loss, logs = unwrap(self.model).compute_loss(batch, self.loss_fn)
+            else:
+                loss, logs = self.loss_fn(self.model(batch["image"]), batch["mask"]), {}
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"non-finite loss ({loss.item()}) at step {self.step + 1}; training stopped before the "
+                "update, so the checkpoints already written are intact. Lower optim.lr, enable "
+                "train.grad_clip, or check the data."
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.optimizer)
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        clip = self.cfg.grad_clip if self.cfg.grad_clip > 0 else float("inf")
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        if not isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            self.scheduler.step()
+        seconds = time.perf_counter() - start
+        return {
+            "loss": loss.item(),
+            **{k: float(v) for k, v in logs.items()},
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "grad_norm": float(grad_norm),
+            "images_per_s": batch["image"].shape[0] / max(seconds, 1e-9),
+        }
+
+    def to_device(self, batch: dict) -> dict:
+        return {
+            k: v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v
+            for k, v in batch.items()
+        }
+
+    def validate(self) -> dict:
+        """Evaluate on the validation split, update ``best`` and notify hooks."""
+        metrics = self.evaluate(self.val_set)
+        value = metrics["per_image"][self.best["metric"]]
+        improved = value > self.best["value"]
+        if improved:
+            self.best = {"metric": self.best["metric"], "value": value, "step": self.step}
+        if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            self.scheduler.step(value)
+        self.last_metrics = metrics
+        for hook in self.hooks:
+            hook.on_eval_end(self, metrics, improved)
+        return metrics
+
+    def evaluate(self, dataset, *, boundary: bool = False) -> dict:
+        """Metrics of the current model on ``dataset`` (boundary metrics off during training)."""
+        metrics, _ = evaluate_model(
+            self.model,
+            dataset,
+            device=self.device,
+            eval_config=self.config.eval,
+            boundary=boundary,
+            collate_fn=self.collate_fn,
+            num_workers=self.cfg.num_workers,
+            autocast=self.autocast,
+        )
+        return metrics
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict:
+        """Everything needed to rebuild the model and continue the run exactly."""
+        return {
+            "model_spec": self.spec,
+            "model": clean_state_dict(unwrap(self.model).state_dict()),
+            "config": self.config.raw,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "step": self.step,
+            "best": dict(self.best),
+            "rng": rng_state(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore a :meth:`state_dict` (resume)."""
+        unwrap(self.model).load_state_dict(clean_state_dict(state["model"]))
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.step, self.best = state["step"], dict(state["best"])
+        set_rng_state(state["rng"])

@@ -1,0 +1,87 @@
+"""Evaluate a checkpoint: ``python tools/evaluate.py --ckpt RUN/checkpoints/best.pt --split test --out DIR``.
+
+Needs only the checkpoint (the experiment config is inside). Writes ``DIR/metrics.json``, ``DIR/per_image.csv``
+(one row per image with its metadata) and ``DIR/metrics.md``. ``--set data.key=value`` changes the data (e.g. the
+root folder of a real dataset, or another dataset for external testing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def write_rows(rows: list[dict], path: Path) -> None:
+    """Per-image rows as CSV (columns: union of the rows' keys, first-seen order)."""
+    columns: list[str] = []
+    for row in rows:
+        columns.extend(k for k in row if k not in columns)
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser.add_argument("--ckpt", required=True, help="checkpoint file (best.pt or last.pt)")
+    parser.add_argument("--split", default="test", choices=["train", "val", "test"])
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="override a config value, e.g. data.root=/data/isic2018")
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--no-boundary", action="store_true", help="skip HD95/ASSD (faster)")
+    args = parser.parse_args(argv)
+
+    from segmentation.checkpoint import load_checkpoint, model_from_checkpoint
+    from segmentation.config import ConfigError, apply_override, validate
+    from segmentation.data import collate
+    from segmentation.evaluation import evaluate_model
+    from segmentation.experiment import build_dataset, resolve_device
+    from segmentation.metrics import markdown_table
+
+    try:
+        ckpt = load_checkpoint(args.ckpt)
+        raw = ckpt["config"]
+        for assignment in args.set:
+            apply_override(raw, assignment)
+        config = validate(raw, source=f"{args.ckpt} (config inside the checkpoint)")
+        dataset = build_dataset(config, args.split, train=False)
+    except (ConfigError, FileNotFoundError, RuntimeError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    model = model_from_checkpoint(ckpt)
+    device = resolve_device(config.train.device)
+    model.to(device)
+    metrics, rows = evaluate_model(
+        model,
+        dataset,
+        device=device,
+        eval_config=config.eval,
+        boundary=not args.no_boundary,
+        collate_fn=collate,
+        num_workers=config.train.num_workers,
+    )
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "checkpoint": str(args.ckpt),
+        "step": ckpt["step"],
+        "split": args.split,
+        "network": ckpt["model_spec"]["name"],
+        **metrics,
+    }
+    (out / "metrics.json").write_text(json.dumps(payload, indent=2))
+    write_rows(rows, out / "per_image.csv")
+    table = markdown_table(metrics)
+    (out / "metrics.md").write_text(f"# {payload['network']} on {args.split}\n\n{table}\n")
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
