@@ -21,8 +21,13 @@ setup(
         "tqdm>=4.66",
         "scipy>=1.11",
         "matplotlib>=3.8",
+        "scikit-image>=0.22",
+        "PyWavelets>=1.5",
+        "segment-anything>=1.0",
+        "sam2>=1.0",
     ],
     extras_require={
         "dev": ["pytest>=8", "ruff>=0.5"],
+        "export": ["onnx>=1.15", "onnxruntime>=1.17"],
     },
 )
