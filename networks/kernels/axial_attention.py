@@ -3,16 +3,32 @@
 Each row (``axis="row"``) or column (``axis="col"``) of a ``[B, C, H, W]`` map is one token whose feature is the
 concatenation of its pixels' head channels: ``q, k, v`` ``[B, C, H, W]`` -> per head ``[B, h, H, W*C/h]`` for rows.
 q and k are L2-normalised along the feature and the logits are not rescaled (``scale=1``), as in the paper.
+
+Backends:
+    reference: matmul + softmax on the token view, the ground truth.
+    sdpa: ``F.scaled_dot_product_attention`` on the same token view with ``scale=1``.
+    flex: compiled FlexAttention on the token view (no score_mod; CPU: forward only).
+    triton: not implemented for this operation (raises): sequences are one row long, so the op is
+        memory-bound on the token reshapes, which a fused attention kernel would not remove.
+
+Auto policy (``backend="auto"``; ``DERMSEG_ATTENTION_BACKEND`` overrides it):
+    AUTO_POLICY_MEASUREMENTS
 """
 
 from __future__ import annotations
 
-import os
-
 import torch
 import torch.nn.functional as F
 
-BACKENDS = ("auto", "reference")
+from networks.kernels._common import (
+    compiled_flex_attention,
+    flex_inputs,
+    flex_unavailable_reason,
+    needs_grad,
+    resolve_backend,
+)
+
+BACKENDS = ("auto", "reference", "sdpa", "flex")
 
 
 def _tokens(x: torch.Tensor, num_heads: int, axis: str) -> torch.Tensor:
@@ -39,6 +55,27 @@ def reference(q, k, v, num_heads: int, axis: str):
     return _untokens(out, q.shape, num_heads, axis)
 
 
+def sdpa(q, k, v, num_heads: int, axis: str):
+    """Axial attention through ``F.scaled_dot_product_attention`` (``scale=1``)."""
+    tq = F.normalize(_tokens(q, num_heads, axis), dim=-1)
+    tk = F.normalize(_tokens(k, num_heads, axis), dim=-1)
+    out = F.scaled_dot_product_attention(tq, tk, _tokens(v, num_heads, axis), scale=1.0)
+    return _untokens(out, q.shape, num_heads, axis)
+
+
+def flex(q, k, v, num_heads: int, axis: str):
+    """Axial attention through compiled FlexAttention (``scale=1``)."""
+    q, k, v = flex_inputs(q, k, v)
+    tq = F.normalize(_tokens(q, num_heads, axis), dim=-1)
+    tk = F.normalize(_tokens(k, num_heads, axis), dim=-1)
+    out = compiled_flex_attention()(tq, tk, _tokens(v, num_heads, axis), scale=1.0)
+    return _untokens(out, q.shape, num_heads, axis)
+
+
+def _auto(device: torch.device, grad: bool) -> str:
+    return "sdpa"
+
+
 def axial_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -48,13 +85,30 @@ def axial_attention(
     axis: str,
     backend: str = "auto",
 ) -> torch.Tensor:
-    """Dispatch axial attention (``axis`` "row" or "col") to a backend."""
+    """Dispatch axial attention (``axis`` "row" or "col") to a backend.
+
+    Args:
+        q, k, v: ``[B, C, H, W]`` maps, ``C`` divisible by ``num_heads``.
+        num_heads: heads; each head's token is ``W * C / num_heads`` (rows) long.
+        axis: ``"row"`` (tokens are rows) or ``"col"``.
+        backend: one of ``auto, reference, sdpa, flex``.
+
+    Returns:
+        ``[B, C, H, W]`` attention output (no residual).
+    """
     if axis not in ("row", "col"):
         raise ValueError(f"axis must be 'row' or 'col', got '{axis}'.")
     if q.shape[1] % num_heads:
-        raise ValueError(f"channels {q.shape[1]} not divisible by num_heads={num_heads}.")
-    if backend == "auto":
-        backend = os.environ.get("DERMSEG_ATTENTION_BACKEND", "reference")
-    if backend not in BACKENDS or backend == "auto":
-        raise ValueError(f"axial attention backend '{backend}' unknown; choose one of {BACKENDS}.")
-    return reference(q, k, v, num_heads, axis)
+        raise ValueError(
+            f"channels {q.shape[1]} not divisible by num_heads={num_heads}; "
+            "choose num_heads dividing the channel count."
+        )
+    grad = needs_grad(q, k, v)
+    chosen = resolve_backend(
+        "axial attention",
+        backend,
+        BACKENDS[1:],
+        {"flex": flex_unavailable_reason(q.device, grad)},
+        lambda: _auto(q.device, grad),
+    )
+    return {"reference": reference, "sdpa": sdpa, "flex": flex}[chosen](q, k, v, num_heads, axis)

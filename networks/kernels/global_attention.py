@@ -1,15 +1,33 @@
 """Global multi-head attention (DiT, SAM ViT) with an optional additive bias.
 
-Shapes: ``q, k, v`` ``[B, heads, N, d]``; ``bias`` broadcastable to ``[B, heads, N, N]``.
+Shapes: ``q, k, v`` ``[B, heads, N, d]``; ``bias`` broadcastable to ``[B, heads, N, N]`` (e.g. SAM's decomposed
+relative-position bias ``[B, heads, N, N]`` or a shared ``[heads, N, N]`` table); the bias receives a gradient.
+
+Backends:
+    reference: matmul + softmax, the ground truth.
+    sdpa: ``F.scaled_dot_product_attention`` with the bias as ``attn_mask``.
+    flex: compiled FlexAttention with a ``score_mod`` that looks the bias up by ``(b, h, q, kv)`` (size-1 axes
+        indexed at 0, so a broadcast bias is never expanded). CPU: forward only.
+    triton: not implemented for this operation (raises); sdpa already dispatches to fused CUDA kernels.
+
+Auto policy (``backend="auto"``; ``DERMSEG_ATTENTION_BACKEND`` overrides it):
+    AUTO_POLICY_MEASUREMENTS
 """
 
 from __future__ import annotations
 
-import os
-
 import torch
+import torch.nn.functional as F
 
-BACKENDS = ("auto", "reference")
+from networks.kernels._common import (
+    compiled_flex_attention,
+    flex_inputs,
+    flex_unavailable_reason,
+    needs_grad,
+    resolve_backend,
+)
+
+BACKENDS = ("auto", "reference", "sdpa", "flex")
 
 
 def reference(q, k, v, bias=None, scale=None):
@@ -21,6 +39,42 @@ def reference(q, k, v, bias=None, scale=None):
     return attn.softmax(dim=-1) @ v
 
 
+def sdpa(q, k, v, bias=None, scale=None):
+    """``F.scaled_dot_product_attention`` with ``bias`` as the additive ``attn_mask``."""
+    attn_mask = None if bias is None else bias.to(q.dtype)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=scale)
+
+
+def _bias_score_mod(bias: torch.Tensor):
+    """``score_mod`` adding ``bias[b, h, q, kv]``, indexing broadcast (size-1) axes at 0."""
+    bias = bias.reshape((1,) * (4 - bias.dim()) + tuple(bias.shape))  # (B|1, h|1, N|1, N|1)
+    per_b, per_h, per_q, per_k = (size != 1 for size in bias.shape)
+
+    def add_bias(score, b, h, q_idx, kv_idx):
+        zero = torch.zeros_like(b)
+        return score + bias[
+            b if per_b else zero,
+            h if per_h else zero,
+            q_idx if per_q else zero,
+            kv_idx if per_k else zero,
+        ]
+
+    return add_bias
+
+
+def flex(q, k, v, bias=None, scale=None):
+    """Compiled FlexAttention with the bias as a ``score_mod`` lookup."""
+    q, k, v = flex_inputs(q, k, v)
+    score_mod = None
+    if bias is not None:
+        score_mod = _bias_score_mod(flex_inputs(bias)[0].to(q.dtype))
+    return compiled_flex_attention()(q, k, v, score_mod=score_mod, scale=scale)
+
+
+def _auto(device: torch.device, grad: bool) -> str:
+    return "sdpa"
+
+
 def global_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -30,9 +84,27 @@ def global_attention(
     scale: float | None = None,
     backend: str = "auto",
 ) -> torch.Tensor:
-    """Dispatch global attention to a backend (``DERMSEG_ATTENTION_BACKEND`` overrides ``auto``)."""
-    if backend == "auto":
-        backend = os.environ.get("DERMSEG_ATTENTION_BACKEND", "reference")
-    if backend not in BACKENDS or backend == "auto":
-        raise ValueError(f"global attention backend '{backend}' unknown; choose one of {BACKENDS}.")
-    return reference(q, k, v, bias, scale)
+    """Dispatch global attention to a backend (``DERMSEG_ATTENTION_BACKEND`` overrides ``auto``).
+
+    Args:
+        q, k, v: ``[B, heads, N, d]``.
+        bias: additive logits bias broadcastable to ``[B, heads, N, N]``.
+        scale: logit scale, default ``d ** -0.5``.
+        backend: one of ``auto, reference, sdpa, flex``.
+
+    Returns:
+        ``[B, heads, N, d]``.
+    """
+    if bias is not None and bias.dim() > 4:
+        raise ValueError(
+            f"global attention: bias must broadcast to [B, heads, N, N], got shape {tuple(bias.shape)}."
+        )
+    grad = needs_grad(q, k, v, bias)
+    chosen = resolve_backend(
+        "global attention",
+        backend,
+        BACKENDS[1:],
+        {"flex": flex_unavailable_reason(q.device, grad)},
+        lambda: _auto(q.device, grad),
+    )
+    return {"reference": reference, "sdpa": sdpa, "flex": flex}[chosen](q, k, v, bias, scale)

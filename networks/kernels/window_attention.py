@@ -2,16 +2,41 @@
 
 Shapes: ``q, k, v`` are ``[B*nW, heads, N, d]`` with windows of one image contiguous (index ``b * nW + w``);
 ``bias`` is the gathered relative-position bias ``[heads, N, N]``; ``mask`` is the additive shift mask
-``[nW, N, N]`` (0 where attention is allowed, a large negative value across regions).
+``[nW, N, N]`` (0 where attention is allowed, a large negative value across regions). The mask is a constant:
+it never receives a gradient; ``bias`` does.
+
+Backends:
+    reference: matmul + softmax, the ground truth; the only path that returns the attention map.
+    sdpa: ``F.scaled_dot_product_attention`` with bias and mask folded into ``attn_mask``.
+    flex: compiled FlexAttention on all windows packed into one sequence, with a ``score_mod`` that looks the
+        bias and mask up by ``(head, query % N, key % N)`` and a cached block-diagonal ``BlockMask`` (one
+        block per window group) so cross-window blocks are skipped. CPU: forward only.
+    triton: a fused kernel (one program per window and head, forward and recompute backward) for CUDA;
+        runs on CPU only under ``TRITON_INTERPRET=1`` for testing.
+
+``return_attn=True`` always materialises the map with the reference path (no fused kernel exposes it).
+
+Auto policy (``backend="auto"``; ``DERMSEG_ATTENTION_BACKEND`` overrides it):
+    AUTO_POLICY_MEASUREMENTS
 """
 
 from __future__ import annotations
 
-import os
-
 import torch
+import torch.nn.functional as F
 
-BACKENDS = ("auto", "reference")
+from networks.kernels._common import (
+    compiled_flex_attention,
+    flex_inputs,
+    flex_unavailable_reason,
+    needs_grad,
+    resolve_backend,
+    triton_unavailable_reason,
+)
+
+BACKENDS = ("auto", "reference", "sdpa", "flex", "triton")
+_FLEX_BLOCK = 128
+_BLOCK_MASKS: dict[tuple, object] = {}
 
 
 def reference(
@@ -37,6 +62,133 @@ def reference(
     return (out, attn) if return_attn else out
 
 
+def sdpa(q, k, v, bias=None, mask=None, scale=None):
+    """``F.scaled_dot_product_attention`` with ``bias + mask`` as one additive ``attn_mask``."""
+    if mask is None:
+        attn_mask = None if bias is None else bias.to(q.dtype).unsqueeze(0)  # (1, h, N, N)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=scale)
+    nw = mask.shape[0]
+    attn_mask = mask.to(q.dtype)[:, None]  # (nW, 1, N, N)
+    if bias is not None:
+        attn_mask = attn_mask + bias.to(q.dtype).unsqueeze(0)  # (nW, h, N, N)
+    # Broadcasting the per-window mask over images needs the image axis split out: 4D views stay views.
+    bnw, h, n, d = q.shape
+    if bnw % nw:
+        raise ValueError(
+            f"window attention: q has {bnw} windows, not a multiple of the mask's {nw} windows per "
+            "image; pass q as [B*nW, heads, N, d] with the windows of one image contiguous."
+        )
+    out = F.scaled_dot_product_attention(
+        q.reshape(bnw // nw, nw * h, n, d),
+        k.reshape(bnw // nw, nw * h, n, d),
+        v.reshape(bnw // nw, nw * h, n, d),
+        attn_mask=attn_mask.expand(nw, h, n, n).reshape(1, nw * h, n, n),
+        scale=scale,
+    )  # (B, nW*h, N, d)
+    return out.view(bnw, h, n, d)
+
+
+def _same_window(n: int):
+    def mask_mod(b, h, q_idx, kv_idx):
+        return (q_idx // n) == (kv_idx // n)
+
+    return mask_mod
+
+
+def window_block_mask(num_windows: int, n: int, device: torch.device):
+    """Block-diagonal ``BlockMask`` for ``num_windows`` windows of ``n`` tokens packed into one sequence.
+
+    Built analytically (no dense ``[L, L]`` mask): query block ``i`` sees the contiguous range of key blocks
+    that overlaps the windows it touches. Cached per ``(num_windows, n, device)``: the shift itself lives in the
+    additive mask looked up by ``score_mod``, so one block mask serves shifted and plain blocks of a stage.
+    """
+    from torch.nn.attention.flex_attention import BlockMask
+
+    key = (num_windows, n, str(device))
+    if key not in _BLOCK_MASKS:
+        if len(_BLOCK_MASKS) > 64:
+            _BLOCK_MASKS.clear()
+        length = num_windows * n
+        blocks = -(-length // _FLEX_BLOCK)
+        start = torch.arange(blocks) * _FLEX_BLOCK
+        end = torch.clamp(start + _FLEX_BLOCK, max=length) - 1
+        first_kv = (start // n * n) // _FLEX_BLOCK  # first key block of the first window touched
+        last_kv = ((end // n + 1) * n - 1) // _FLEX_BLOCK
+        kv_num = (last_kv - first_kv + 1).to(torch.int32)
+        kv_idx = torch.clamp(first_kv[:, None] + torch.arange(blocks), max=blocks - 1)
+        _BLOCK_MASKS[key] = BlockMask.from_kv_blocks(
+            kv_num.view(1, 1, blocks).to(device),
+            kv_idx.to(torch.int32).view(1, 1, blocks, blocks).to(device),
+            BLOCK_SIZE=_FLEX_BLOCK,
+            mask_mod=_same_window(n),
+            seq_lengths=(length, length),
+        )
+    return _BLOCK_MASKS[key]
+
+
+def _window_score_mod(bias, mask, n: int):
+    """``score_mod`` adding ``bias[h, i % N, j % N]`` and ``mask[(i // N) % nW, i % N, j % N]``."""
+    if mask is None:
+
+        def bias_only(score, b, h, q_idx, kv_idx):
+            return score + bias[h, q_idx % n, kv_idx % n]
+
+        return bias_only
+    nw = mask.shape[0]
+    if bias is None:
+
+        def mask_only(score, b, h, q_idx, kv_idx):
+            return score + mask[(q_idx // n) % nw, q_idx % n, kv_idx % n]
+
+        return mask_only
+
+    def bias_and_mask(score, b, h, q_idx, kv_idx):
+        qn, kn = q_idx % n, kv_idx % n
+        return score + bias[h, qn, kn] + mask[(q_idx // n) % nw, qn, kn]
+
+    return bias_and_mask
+
+
+def flex(q, k, v, bias=None, mask=None, scale=None):
+    """Compiled FlexAttention over all windows packed into one sequence ``[1, h, B*nW*N, d]``."""
+    bnw, h, n, d = q.shape
+    q, k, v = flex_inputs(q, k, v)
+    if bias is not None:
+        bias = flex_inputs(bias)[0].to(q.dtype)
+    if mask is not None:
+        mask = mask.to(q.dtype)
+
+    def pack(t):
+        return t.transpose(0, 1).reshape(1, h, bnw * n, d)  # (1, h, B*nW*N, d)
+
+    score_mod = None if bias is None and mask is None else _window_score_mod(bias, mask, n)
+    out = compiled_flex_attention()(
+        pack(q),
+        pack(k),
+        pack(v),
+        score_mod=score_mod,
+        block_mask=window_block_mask(bnw, n, q.device),
+        scale=scale,
+    )
+    return out.view(h, bnw, n, d).transpose(0, 1)  # (B*nW, h, N, d)
+
+
+def triton(q, k, v, bias=None, mask=None, scale=None):
+    """Fused Triton window attention (CUDA, or CPU under ``TRITON_INTERPRET=1``)."""
+    from networks.kernels._triton_window import triton_window_attention
+
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    return triton_window_attention(q, k, v, bias, mask, scale)
+
+
+def _auto(device: torch.device, grad: bool, return_attn: bool) -> str:
+    if return_attn:
+        return "reference"
+    if device.type == "cuda":
+        return "sdpa"
+    return "sdpa"
+
+
 def window_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -48,9 +200,30 @@ def window_attention(
     return_attn: bool = False,
     backend: str = "auto",
 ):
-    """Dispatch window attention to a backend (``DERMSEG_ATTENTION_BACKEND`` overrides ``auto``)."""
-    if backend == "auto":
-        backend = os.environ.get("DERMSEG_ATTENTION_BACKEND", "reference")
-    if backend not in BACKENDS or backend == "auto":
-        raise ValueError(f"window attention backend '{backend}' unknown; choose one of {BACKENDS}.")
-    return reference(q, k, v, bias, mask, scale, return_attn)
+    """Dispatch window attention to a backend (``DERMSEG_ATTENTION_BACKEND`` overrides ``auto``).
+
+    Args:
+        q, k, v: ``[B*nW, heads, N, d]``, the windows of one image contiguous.
+        bias: gathered relative-position bias ``[heads, N, N]`` (receives a gradient).
+        mask: additive shift mask ``[nW, N, N]`` (constant).
+        scale: logit scale, default ``d ** -0.5``.
+        return_attn: also return the softmax map ``[B*nW, heads, N, N]`` (reference path).
+        backend: one of ``auto, reference, sdpa, flex, triton``.
+
+    Returns:
+        ``[B*nW, heads, N, d]``, or ``(out, attn)`` when ``return_attn``.
+    """
+    grad = needs_grad(q, k, v, bias)
+    chosen = resolve_backend(
+        "window attention",
+        backend,
+        BACKENDS[1:],
+        {
+            "flex": flex_unavailable_reason(q.device, grad),
+            "triton": triton_unavailable_reason(q.device),
+        },
+        lambda: _auto(q.device, grad, return_attn),
+    )
+    if return_attn or chosen == "reference":
+        return reference(q, k, v, bias, mask, scale, return_attn)
+    return {"sdpa": sdpa, "flex": flex, "triton": triton}[chosen](q, k, v, bias, mask, scale)
