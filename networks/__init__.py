@@ -17,6 +17,7 @@ from networks.unet import UNet  # noqa: E402
 from networks.smp_unet import SMPUNet  # noqa: E402
 # -- network modules (one line each, added as networks land) --
 from networks.mcanet import MCANet  # noqa: E402
+from networks.segdt import SegDT  # noqa: E402
 
 
 def build_network(name: str, **kwargs):
@@ -29,4 +30,4 @@ def list_networks() -> list[str]:
     return NETWORKS.names()
 
 
-__all__ = ["NETWORKS", "build_network", "list_networks", "UNet", "SMPUNet", "MCANet"]
+__all__ = ["NETWORKS", "build_network", "list_networks", "UNet", "SMPUNet", "MCANet", "SegDT"]
