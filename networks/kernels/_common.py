@@ -1,6 +1,7 @@
 """Backend resolution and the process-wide compiled FlexAttention shared by the attention kernels.
 
-Private torch APIs used by the kernels are reached only from this package, behind :func:`torch_at_least`.
+Private torch APIs used by the kernels are reached only from this package, behind
+:func:`torch_at_least`.
 """
 
 from __future__ import annotations
@@ -48,8 +49,8 @@ def triton_unavailable_reason(device: torch.device) -> str | None:
     interpret = os.environ.get("TRITON_INTERPRET") == "1"
     if device.type != "cuda" and not (interpret and device.type == "cpu"):
         return (
-            f"the Triton kernel needs CUDA tensors (got device '{device.type}'); on CPU it runs only "
-            "for testing with TRITON_INTERPRET=1 set before triton is imported"
+            f"the Triton kernel needs CUDA tensors (got device '{device.type}'); on CPU it runs "
+            "only for testing with TRITON_INTERPRET=1 set before triton is imported"
         )
     try:
         import triton  # noqa: F401
@@ -95,7 +96,7 @@ def resolve_backend(
 
 
 def compiled_flex_attention() -> Callable:
-    """``torch.compile(flex_attention)``, built once per process (each new shape still compiles once)."""
+    """``torch.compile(flex_attention)``, built once per process (a new shape compiles once)."""
     global _compiled_flex
     if _compiled_flex is None:
         from torch.nn.attention.flex_attention import flex_attention
@@ -105,7 +106,7 @@ def compiled_flex_attention() -> Callable:
 
 
 def flex_inputs(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """Detach inputs for a CPU forward: flex refuses CPU tensors that require grad even under no_grad."""
+    """Detach inputs for a CPU forward: flex refuses CPU tensors requiring grad even in no_grad."""
     if tensors[0].device.type == "cpu" and not torch.is_grad_enabled():
         return tuple(t.detach() for t in tensors)
     return tensors

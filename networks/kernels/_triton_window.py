@@ -1,13 +1,13 @@
 """Fused Triton window attention: one program per (window, head), whole window in registers.
 
-Swin windows are small (N = 49 for window 7, padded to 64 lanes), so a window's ``q, k, v`` tiles, its scores
-and the bias/mask tiles all fit in one program: no online softmax is needed. The forward stores the
-log-sum-exp per row; the backward recomputes the probabilities from it (FlashAttention-style recompute, Dao et
-al., NeurIPS 2022) instead of saving the ``[B*nW, h, N, N]`` map, and writes ``dS`` per window so the bias
-gradient is a deterministic sum over windows in torch.
+Swin windows are small (N = 49 for window 7, padded to 64 lanes), so a window's ``q, k, v`` tiles,
+its scores and the bias/mask tiles all fit in one program: no online softmax is needed. The forward
+stores the log-sum-exp per row; the backward recomputes the probabilities from it
+(FlashAttention-style recompute, Dao et al., NeurIPS 2022) instead of saving the ``[B*nW, h, N, N]``
+map, and writes ``dS`` per window so the bias gradient is a deterministic sum over windows in torch.
 
-Imported lazily by ``window_attention.py`` (triton is optional). Set ``TRITON_INTERPRET=1`` before importing
-triton to run these kernels on CPU tensors for testing.
+Imported lazily by ``window_attention.py`` (triton is optional). Set ``TRITON_INTERPRET=1`` before
+importing triton to run these kernels on CPU tensors for testing.
 """
 
 from __future__ import annotations
@@ -125,7 +125,8 @@ class _TritonWindowAttention(torch.autograd.Function):
             HAS_BIAS=bias is not None, HAS_MASK=mask is not None, **meta,
         )  # fmt: skip
         ctx.save_for_backward(q, k, v, bias_c, mask_c, out, lse)
-        ctx.scale, ctx.nw, ctx.has_bias, ctx.has_mask = scale, nw, bias is not None, mask is not None
+        ctx.scale, ctx.nw = scale, nw
+        ctx.has_bias, ctx.has_mask = bias is not None, mask is not None
         return out
 
     @staticmethod
@@ -145,10 +146,11 @@ class _TritonWindowAttention(torch.autograd.Function):
 
 
 def triton_window_attention(q, k, v, bias, mask, scale: float) -> torch.Tensor:
-    """Fused window attention; shapes as in ``window_attention``. Returns ``[B*nW, heads, N, d]``."""
+    """Fused window attention, shapes as in ``window_attention``: ``[B*nW, heads, N, d]``."""
     if q.shape[-2] > 128:
         raise ValueError(
-            f"the Triton window kernel keeps a whole window in registers and supports N <= 128 tokens "
-            f"(window <= 11); got N={q.shape[-2]}. Use backend 'sdpa' or 'flex' for larger windows."
+            f"the Triton window kernel keeps a whole window in registers and supports N <= 128 "
+            f"tokens (window <= 11); got N={q.shape[-2]}. Use backend 'sdpa' or 'flex' for "
+            "larger windows."
         )
     return _TritonWindowAttention.apply(q, k, v, bias, mask, scale)

@@ -1,8 +1,9 @@
 """Axial (row / column) cross attention as in MCANet (Shao et al. 2023).
 
-Each row (``axis="row"``) or column (``axis="col"``) of a ``[B, C, H, W]`` map is one token whose feature is the
-concatenation of its pixels' head channels: ``q, k, v`` ``[B, C, H, W]`` -> per head ``[B, h, H, W*C/h]`` for rows.
-q and k are L2-normalised along the feature and the logits are not rescaled (``scale=1``), as in the paper.
+Each row (``axis="row"``) or column (``axis="col"``) of a ``[B, C, H, W]`` map is one token whose
+feature is the concatenation of its pixels' head channels: ``q, k, v`` ``[B, C, H, W]`` -> per head
+``[B, h, H, W*C/h]`` for rows. q and k are L2-normalised along the feature and the logits are not
+rescaled (``scale=1``), as in the paper.
 
 Backends:
     reference: matmul + softmax on the token view, the ground truth.
@@ -35,8 +36,8 @@ def _tokens(x: torch.Tensor, num_heads: int, axis: str) -> torch.Tensor:
     b, c, h, w = x.shape
     x = x.view(b, num_heads, c // num_heads, h, w)
     if axis == "row":
-        return x.permute(0, 1, 3, 4, 2).reshape(b, num_heads, h, w * (c // num_heads))  # (B, h, H, W*c)
-    return x.permute(0, 1, 4, 3, 2).reshape(b, num_heads, w, h * (c // num_heads))  # (B, h, W, H*c)
+        return x.permute(0, 1, 3, 4, 2).reshape(b, num_heads, h, -1)  # (B, h, H, W*c)
+    return x.permute(0, 1, 4, 3, 2).reshape(b, num_heads, w, -1)  # (B, h, W, H*c)
 
 
 def _untokens(t: torch.Tensor, shape: torch.Size, num_heads: int, axis: str) -> torch.Tensor:

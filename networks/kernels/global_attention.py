@@ -1,14 +1,15 @@
 """Global multi-head attention (DiT, SAM ViT) with an optional additive bias.
 
-Shapes: ``q, k, v`` ``[B, heads, N, d]``; ``bias`` broadcastable to ``[B, heads, N, N]`` (e.g. SAM's decomposed
-relative-position bias ``[B, heads, N, N]`` or a shared ``[heads, N, N]`` table); the bias receives a gradient.
+Shapes: ``q, k, v`` ``[B, heads, N, d]``; ``bias`` broadcastable to ``[B, heads, N, N]`` (e.g.
+SAM's decomposed relative-position bias ``[B, heads, N, N]`` or a shared ``[heads, N, N]`` table);
+the bias receives a gradient.
 
 Backends:
     reference: matmul + softmax, the ground truth.
     sdpa: ``F.scaled_dot_product_attention`` with the bias as ``attn_mask``.
-    flex: compiled FlexAttention with a ``score_mod`` that looks the bias up by ``(b, h, q, kv)`` (size-1 axes
-        indexed at 0, so a broadcast bias is never expanded). CPU: forward only.
-    triton: not implemented for this operation (raises); sdpa already dispatches to fused CUDA kernels.
+    flex: compiled FlexAttention with a ``score_mod`` that looks the bias up by ``(b, h, q, kv)``
+        (size-1 axes indexed at 0, so a broadcast bias is never expanded). CPU: forward only.
+    triton: not implemented for this operation (raises); sdpa already has fused CUDA kernels.
 
 Auto policy (``backend="auto"``; ``DERMSEG_ATTENTION_BACKEND`` overrides it):
     AUTO_POLICY_MEASUREMENTS
@@ -52,12 +53,15 @@ def _bias_score_mod(bias: torch.Tensor):
 
     def add_bias(score, b, h, q_idx, kv_idx):
         zero = torch.zeros_like(b)
-        return score + bias[
-            b if per_b else zero,
-            h if per_h else zero,
-            q_idx if per_q else zero,
-            kv_idx if per_k else zero,
-        ]
+        return (
+            score
+            + bias[
+                b if per_b else zero,
+                h if per_h else zero,
+                q_idx if per_q else zero,
+                kv_idx if per_k else zero,
+            ]
+        )
 
     return add_bias
 
@@ -97,7 +101,8 @@ def global_attention(
     """
     if bias is not None and bias.dim() > 4:
         raise ValueError(
-            f"global attention: bias must broadcast to [B, heads, N, N], got shape {tuple(bias.shape)}."
+            "global attention: bias must broadcast to [B, heads, N, N], "
+            f"got shape {tuple(bias.shape)}."
         )
     grad = needs_grad(q, k, v, bias)
     chosen = resolve_backend(

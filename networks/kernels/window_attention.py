@@ -1,20 +1,21 @@
-"""Windowed multi-head attention with relative-position bias and shifted-window mask (Swin, Liu et al. 2021).
+"""Window attention with relative-position bias and shifted-window mask (Swin, Liu et al. 2021).
 
-Shapes: ``q, k, v`` are ``[B*nW, heads, N, d]`` with windows of one image contiguous (index ``b * nW + w``);
-``bias`` is the gathered relative-position bias ``[heads, N, N]``; ``mask`` is the additive shift mask
-``[nW, N, N]`` (0 where attention is allowed, a large negative value across regions). The mask is a constant:
-it never receives a gradient; ``bias`` does.
+Shapes: ``q, k, v`` are ``[B*nW, heads, N, d]`` with windows of one image contiguous (index
+``b * nW + w``); ``bias`` is the gathered relative-position bias ``[heads, N, N]``; ``mask`` is the
+additive shift mask ``[nW, N, N]`` (0 where attention is allowed, a large negative value across
+regions). The mask is a constant: it never receives a gradient; ``bias`` does.
 
 Backends:
     reference: matmul + softmax, the ground truth; the only path that returns the attention map.
     sdpa: ``F.scaled_dot_product_attention`` with bias and mask folded into ``attn_mask``.
-    flex: compiled FlexAttention on all windows packed into one sequence, with a ``score_mod`` that looks the
-        bias and mask up by ``(head, query % N, key % N)`` and a cached block-diagonal ``BlockMask`` (one
-        block per window group) so cross-window blocks are skipped. CPU: forward only.
-    triton: a fused kernel (one program per window and head, forward and recompute backward) for CUDA;
-        runs on CPU only under ``TRITON_INTERPRET=1`` for testing.
+    flex: compiled FlexAttention on all windows packed into one sequence, with a ``score_mod`` that
+        looks the bias and mask up by ``(head, query % N, key % N)`` and a cached block-diagonal
+        ``BlockMask`` so cross-window blocks are skipped. CPU: forward only.
+    triton: a fused kernel (one program per window and head, forward and recompute backward) for
+        CUDA; runs on CPU only under ``TRITON_INTERPRET=1`` for testing.
 
-``return_attn=True`` always materialises the map with the reference path (no fused kernel exposes it).
+``return_attn=True`` always materialises the map with the reference path (no fused kernel exposes
+it), whatever the backend.
 
 Auto policy (``backend="auto"``; ``DERMSEG_ATTENTION_BACKEND`` overrides it):
     AUTO_POLICY_MEASUREMENTS
@@ -48,7 +49,7 @@ def reference(
     scale: float | None = None,
     return_attn: bool = False,
 ):
-    """Plain matmul/softmax window attention; returns ``out`` or ``(out, attn)`` (attn ``[B*nW, h, N, N]``)."""
+    """Plain matmul/softmax window attention: ``out`` or ``(out, attn [B*nW, h, N, N])``."""
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     attn = (q * scale) @ k.transpose(-2, -1)  # (B*nW, h, N, N)
     if bias is not None:
@@ -71,7 +72,7 @@ def sdpa(q, k, v, bias=None, mask=None, scale=None):
     attn_mask = mask.to(q.dtype)[:, None]  # (nW, 1, N, N)
     if bias is not None:
         attn_mask = attn_mask + bias.to(q.dtype).unsqueeze(0)  # (nW, h, N, N)
-    # Broadcasting the per-window mask over images needs the image axis split out: 4D views stay views.
+    # Broadcasting the per-window mask over images needs the image axis split out (B, nW*h, N, d).
     bnw, h, n, d = q.shape
     if bnw % nw:
         raise ValueError(
@@ -96,11 +97,12 @@ def _same_window(n: int):
 
 
 def window_block_mask(num_windows: int, n: int, device: torch.device):
-    """Block-diagonal ``BlockMask`` for ``num_windows`` windows of ``n`` tokens packed into one sequence.
+    """Block-diagonal ``BlockMask`` for ``num_windows`` windows of ``n`` tokens in one sequence.
 
-    Built analytically (no dense ``[L, L]`` mask): query block ``i`` sees the contiguous range of key blocks
-    that overlaps the windows it touches. Cached per ``(num_windows, n, device)``: the shift itself lives in the
-    additive mask looked up by ``score_mod``, so one block mask serves shifted and plain blocks of a stage.
+    Built analytically (no dense ``[L, L]`` mask): query block ``i`` sees the contiguous range of
+    key blocks that overlaps the windows it touches. Cached per ``(num_windows, n, device)``: the
+    shift lives in the additive mask looked up by ``score_mod``, so one block mask serves the
+    shifted and the plain blocks of a stage.
     """
     from torch.nn.attention.flex_attention import BlockMask
 
