@@ -15,9 +15,12 @@ NETWORKS = Registry("network")
 # Each network module registers its variants on import; keep one import line per module here.
 from networks.unet import UNet  # noqa: E402
 from networks.smp_unet import SMPUNet  # noqa: E402
+
 # -- network modules (one line each, added as networks land) --
 from networks.mcanet import MCANet  # noqa: E402
 from networks.segdt import SegDT  # noqa: E402
+from networks.iscf import ISCF  # noqa: E402
+from networks.transdae import TransDAE  # noqa: E402
 
 
 def build_network(name: str, **kwargs):
@@ -30,4 +33,14 @@ def list_networks() -> list[str]:
     return NETWORKS.names()
 
 
-__all__ = ["NETWORKS", "build_network", "list_networks", "UNet", "SMPUNet", "MCANet", "SegDT"]
+__all__ = [
+    "NETWORKS",
+    "build_network",
+    "list_networks",
+    "UNet",
+    "SMPUNet",
+    "MCANet",
+    "SegDT",
+    "ISCF",
+    "TransDAE",
+]

@@ -22,12 +22,12 @@ BACKENDS = ("auto", "reference")
 
 
 def context(k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """Per-head global context ``softmax_N(K) V^T``: ``[B, h, dk, Nk] x [B, h, dv, Nk] -> [B, h, dk, dv]``."""
+    """Per-head context ``softmax_N(K) V^T``: ``[B,h,dk,Nk], [B,h,dv,Nk] -> [B,h,dk,dv]``."""
     return k.softmax(dim=-1) @ v.transpose(-2, -1)
 
 
 def read_context(ctx: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-    """Queries read a context: ``ctx^T softmax_d(Q)``, ``[B, h, dk, dv] x [B, h, dk, N] -> [B, h, dv, N]``."""
+    """Read a context: ``ctx^T softmax_dk(Q)``, ``[B,h,dk,dv], [B,h,dk,N] -> [B,h,dv,N]``."""
     return ctx.transpose(-2, -1) @ q.softmax(dim=-2)
 
 
@@ -59,6 +59,6 @@ def efficient_attention(
         )
     if k.shape[-1] != v.shape[-1]:
         raise ValueError(
-            f"keys and values must cover the same tokens, got Nk={k.shape[-1]} and Nv={v.shape[-1]}."
+            f"keys and values must cover the same tokens, got Nk={k.shape[-1]}, Nv={v.shape[-1]}."
         )
     return reference(q, k, v)
