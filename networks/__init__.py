@@ -17,6 +17,8 @@ from networks.unet import UNet  # noqa: E402
 from networks.smp_unet import SMPUNet  # noqa: E402
 
 # -- network modules (one line each, added as networks land) --
+from networks.swin_unet import SwinUNet  # noqa: E402
+from networks.att_swinunet import AttSwinUNet  # noqa: E402
 from networks.mcanet import MCANet  # noqa: E402
 from networks.segdt import SegDT  # noqa: E402
 from networks.iscf import ISCF  # noqa: E402
@@ -38,6 +40,8 @@ __all__ = [
     "build_network",
     "list_networks",
     "UNet",
+    "SwinUNet",
+    "AttSwinUNet",
     "SMPUNet",
     "MCANet",
     "SegDT",
