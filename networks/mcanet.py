@@ -250,6 +250,39 @@ class MCANet(nn.Module):
             attention_backend=attention_backend,
         )
 
+    def param_groups(self, lr: float, head_lr_mult: float = 10.0) -> list[dict]:
+        """Optimizer groups of the paper's recipe (the released config's ``paramwise_cfg``).
+
+        The decoder trains at ``head_lr_mult * lr`` (10x); encoder normalisation parameters get no
+        weight decay; everything else uses the optimizer defaults. The released config exempts
+        parameters whose name contains ``norm``, which leaves the stem's two BatchNorms
+        (``3 * embed_dims[0]`` parameters) decayed; here every encoder normalisation is exempt.
+
+        Args:
+            lr: base learning rate.
+            head_lr_mult: learning-rate multiplier of the decoder.
+
+        Returns:
+            Parameter groups for ``torch.optim`` (only parameters with ``requires_grad``).
+        """
+        norm_types = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm)
+        no_decay = {
+            id(p)
+            for m in self.encoder.modules()
+            if isinstance(m, norm_types)
+            for p in m.parameters(recurse=False)
+        }
+        encoder = [p for p in self.encoder.parameters() if p.requires_grad]
+        groups = [
+            {"params": [p for p in encoder if id(p) not in no_decay]},
+            {"params": [p for p in encoder if id(p) in no_decay], "weight_decay": 0.0},
+            {
+                "params": [p for p in self.decoder.parameters() if p.requires_grad],
+                "lr": lr * head_lr_mult,
+            },
+        ]
+        return [g for g in groups if g["params"]]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Args: x ``[B, C, H, W]``. Returns logits ``[B, num_classes, H, W]``."""
         h, w = x.shape[-2:]
