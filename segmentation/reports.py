@@ -1,0 +1,188 @@
+"""Group (fairness) reports over per-image rows, and the one markdown formatter the tools use.
+
+The group report follows PROTOCOL.md "Skin tone and fairness": per group n, mean and a percentile
+bootstrap confidence interval (groups are small), the worst group, the gap (max - min of the group
+means) and the normalised accuracy range NAR = (max - min) / mean of the group means."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+
+def _is_missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value)) or value == ""
+
+
+def bootstrap_ci(
+    values: np.ndarray, *, n_boot: int, ci: float, rng: np.random.Generator
+) -> tuple[float, float]:
+    """Percentile bootstrap CI of the mean of ``values`` (NaN for fewer than 2 values)."""
+    if values.size < 2:
+        return math.nan, math.nan
+    means = np.empty(n_boot)
+    chunk = max(1, 2_000_000 // values.size)  # bound memory of the (chunk, n) index matrix
+    for start in range(0, n_boot, chunk):
+        stop = min(n_boot, start + chunk)
+        idx = rng.integers(0, values.size, size=(stop - start, values.size))
+        means[start:stop] = values[idx].mean(axis=1)
+    alpha = (1.0 - ci) / 2.0
+    low, high = np.percentile(means, [100 * alpha, 100 * (1 - alpha)])
+    return float(low), float(high)
+
+
+def group_report(
+    rows: Sequence[dict],
+    group_key: str,
+    metric: str = "dice",
+    n_boot: int = 1000,
+    seed: int = 0,
+    ci: float = 0.95,
+    order: Sequence[Any] | None = None,
+) -> dict[str, Any]:
+    """Per-group statistics of a per-image metric.
+
+    Args:
+        rows: per-image dicts (``SegmentationMetrics.rows()`` with metadata such as the ITA group).
+        group_key: the row key holding the group (e.g. ``ita_group``, ``fitzpatrick``).
+        metric: the row key holding the value (``dice``, ``iou``, ``hd95``...); NaN values are
+            left out.
+        n_boot: bootstrap resamples per group.
+        seed: seed of the bootstrap generator (groups are resampled in report order).
+        ci: confidence level of the percentile interval.
+        order: group order in the report (e.g. a bin preset's order); default sorted by name.
+
+    Returns:
+        ``{"group_key", "metric", "ci", "n_boot", "seed", "groups": {name: {"n", "mean", "ci_low",
+        "ci_high"}}, "worst_group", "worst_value", "gap", "nar", "n_missing"}``. Group names are
+        strings (JSON keys); the worst group has the lowest mean, or the highest for distances
+        (``hd95``, ``assd``).
+    """
+    if not 0 < ci < 1:
+        raise ValueError(f"ci must be in (0, 1), got {ci}; e.g. 0.95 for a 95 % interval.")
+    if not isinstance(n_boot, int) or n_boot < 1:
+        raise ValueError(f"n_boot must be a positive integer, got {n_boot!r}.")
+    values: dict[str, list[float]] = {}
+    n_missing = 0
+    for i, row in enumerate(rows):
+        if metric not in row:
+            raise KeyError(f"row {i} has no metric '{metric}'; its keys are {sorted(row)}.")
+        group = row.get(group_key)
+        value = float(row[metric])
+        if _is_missing(group) or math.isnan(value):
+            n_missing += 1
+            continue
+        values.setdefault(str(group), []).append(value)
+    if not values:
+        raise ValueError(
+            f"no row has both a group '{group_key}' and a finite '{metric}' ({len(rows)} rows); "
+            "check "
+            "that the group column was added to the rows."
+        )
+    names = sorted(values) if order is None else [str(g) for g in order if str(g) in values]
+    unknown = sorted(set(values) - set(names))
+    if unknown:
+        raise ValueError(f"groups {unknown} are missing from order={list(order)}; add them.")
+
+    from segmentation.metrics import METRICS  # late import: metrics re-exports this module
+
+    higher = METRICS.get(metric)[0].higher_is_better if metric in METRICS else True
+    rng = np.random.default_rng(seed)
+    groups = {}
+    for name in names:
+        v = np.asarray(values[name], dtype=np.float64)
+        low, high = bootstrap_ci(v, n_boot=n_boot, ci=ci, rng=rng)
+        groups[name] = {"n": int(v.size), "mean": float(v.mean()), "ci_low": low, "ci_high": high}
+    means = np.array([g["mean"] for g in groups.values()])
+    worst = names[int(np.argmin(means) if higher else np.argmax(means))]
+    gap = float(means.max() - means.min())
+    mean_of_means = float(means.mean())
+    return {
+        "group_key": group_key,
+        "metric": metric,
+        "ci": ci,
+        "n_boot": n_boot,
+        "seed": seed,
+        "groups": groups,
+        "worst_group": worst,
+        "worst_value": groups[worst]["mean"],
+        "gap": gap,
+        "nar": gap / mean_of_means if mean_of_means != 0 else math.nan,
+        "n_missing": n_missing,
+    }
+
+
+# -- markdown ------------------------------------------------------------------------------------
+
+
+def _cell(value: Any, floatfmt: str) -> str:
+    if isinstance(value, float):
+        return "n/a" if math.isnan(value) else format(value, floatfmt)
+    return str(value)
+
+
+def format_table(
+    headers: Sequence[str], rows: Sequence[Sequence[Any]], floatfmt: str = ".4f"
+) -> str:
+    """A GitHub markdown table; floats formatted with ``floatfmt``, NaN shown as ``n/a``."""
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    for row in rows:
+        if len(row) != len(headers):
+            raise ValueError(f"row {row} has {len(row)} cells for {len(headers)} headers.")
+        lines.append("| " + " | ".join(_cell(v, floatfmt) for v in row) + " |")
+    return "\n".join(lines)
+
+
+def _metrics_table(result: dict, floatfmt: str) -> str:
+    n, excluded = result["n_images"], result["boundary_excluded"]
+    rows: list[tuple[str, Any]] = []
+    for key, value in result["per_image"].items():
+        boundary = key in ("hd95", "assd")
+        label = (
+            f"{key} (px, mean of {n - excluded} images)" if boundary else f"{key} (per-image mean)"
+        )
+        rows.append((label, value))
+    rows += [(f"global {k} (micro, pooled pixels)", v) for k, v in result["global"].items()]
+    rows += [("images", n), ("boundary excluded (empty mask)", excluded)]
+    table = format_table(("metric", "value"), rows, floatfmt)
+    notes = "\n".join(f"- {k}: {v}" for k, v in result.get("definitions", {}).items())
+    return table + ("\n\nDefinitions:\n\n" + notes if notes else "")
+
+
+def _groups_table(report: dict, floatfmt: str) -> str:
+    pct = f"{100 * report['ci']:g} % CI"
+    rows = [
+        (
+            name,
+            g["n"],
+            g["mean"],
+            f"[{_cell(g['ci_low'], floatfmt)}, {_cell(g['ci_high'], floatfmt)}]",
+        )
+        for name, g in report["groups"].items()
+    ]
+    table = format_table(
+        (report["group_key"], "n", f"mean {report['metric']}", pct), rows, floatfmt
+    )
+    summary = (
+        f"worst group: {report['worst_group']} ({_cell(report['worst_value'], floatfmt)}); "
+        f"gap (max - min): {_cell(report['gap'], floatfmt)}; "
+        f"NAR: {_cell(report['nar'], floatfmt)}; "
+        f"rows without a group or value: {report['n_missing']}; bootstrap: {report['n_boot']} "
+        f"resamples, seed {report['seed']}."
+    )
+    return f"{table}\n\n{summary}"
+
+
+def markdown_table(result: dict, floatfmt: str = ".4f") -> str:
+    """Markdown for a :meth:`SegmentationMetrics.compute` result or a :func:`group_report`."""
+    if "per_image" in result and "global" in result:
+        return _metrics_table(result, floatfmt)
+    if "groups" in result and "group_key" in result:
+        return _groups_table(result, floatfmt)
+    raise ValueError(
+        f"markdown_table expects a metrics result (keys per_image, global) or a group report (keys "
+        f"groups, group_key), got keys {sorted(result)}."
+    )
