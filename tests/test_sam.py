@@ -1,0 +1,253 @@
+"""SAM-based networks: official-model parity at identity init, freezing, prompts, weights."""
+
+import pytest
+import torch
+from segment_anything.modeling import Sam
+
+import networks
+from networks import build_network
+from networks.blocks.sam import build_sam_parts
+from networks.blocks.sam_prompts import boxes_from_masks, points_from_masks
+from networks.sam_adapter import TINY_SAM, SAMAdapter
+
+
+def _masks(size=128):
+    mask = torch.zeros(2, size, size, dtype=torch.long)
+    mask[0, 20:60, 30:90] = 1
+    mask[1, 70:120, 10:40] = 1
+    mask[1, 75:80, 50:55] = 1  # a second blob: the box must cover both
+    return mask
+
+
+def _randomise(module):
+    """Give zero-initialised SAM parameters (relative positions) values so every path matters."""
+    with torch.no_grad():
+        for name, param in module.named_parameters():
+            if "rel_pos" in name or "pos_embed" in name:
+                param.normal_(std=0.2)
+
+
+def _official_logits(sam, image, points, boxes):
+    """Call the official components exactly as ``Sam.forward`` does, one image at a time."""
+    embeddings = sam.image_encoder(image)
+    out = []
+    for i in range(image.shape[0]):
+        sparse, dense = sam.prompt_encoder(
+            points=None if points is None else (points[0][i : i + 1], points[1][i : i + 1]),
+            boxes=None if boxes is None else boxes[i : i + 1],
+            masks=None,
+        )
+        low_res, _ = sam.mask_decoder(
+            image_embeddings=embeddings[i : i + 1],
+            image_pe=sam.prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=False,
+        )
+        out.append(sam.postprocess_masks(low_res, image.shape[-2:], image.shape[-2:]))
+    return torch.cat(out)
+
+
+def _official_sam(net):
+    sam = Sam(*build_sam_parts(**TINY_SAM))
+    missing, unexpected = sam.load_state_dict(net.state_dict(), strict=False)
+    assert not missing, f"official SAM keys absent from the adapted model: {missing[:5]}"
+    assert all(".adapter." in k for k in unexpected), unexpected[:5]
+    return sam.eval()
+
+
+@pytest.mark.parametrize("prompt", ["none", "box", "point"])
+@pytest.mark.parametrize("backend", ["native", "reference"])
+def test_identity_init_equals_official_sam(prompt, backend):
+    torch.manual_seed(0)
+    net = SAMAdapter(**TINY_SAM, prompt=prompt, attention_backend=backend).eval()
+    _randomise(net)
+    sam = _official_sam(net)
+    image, mask = torch.randn(2, 3, 128, 128), _masks()
+    points, boxes = net.sample_prompts(mask, random=False)
+    with torch.no_grad():
+        ours = net(image, prompt_mask=mask)
+        ref = _official_logits(sam, image, points, boxes)
+    if backend == "native":
+        assert torch.equal(ours, ref), (ours - ref).abs().max()
+    else:  # the dispatcher adds the relative-position bias in one step: float rounding only
+        torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_released_init_is_not_identity():
+    torch.manual_seed(0)
+    net = SAMAdapter(**TINY_SAM, adapter_init="released").eval()
+    sam = _official_sam(net)
+    image = torch.randn(1, 3, 128, 128)
+    with torch.no_grad():
+        assert not torch.allclose(net(image), _official_logits(sam, image, None, None), atol=1e-3)
+
+
+def test_vit_b_parameter_counts():
+    net = SAMAdapter()  # ViT-B, built but not run
+    params = dict(net.named_parameters())
+    adapters = sum(p.numel() for n, p in params.items() if ".adapter." in n)
+    encoder = sum(
+        p.numel() for n, p in net.image_encoder.named_parameters() if ".adapter." not in n
+    )
+    total_sam = sum(p.numel() for n, p in params.items() if ".adapter." not in n)
+    decoder = sum(p.numel() for p in net.mask_decoder.parameters() if p.requires_grad)
+    trainable = sum(p.numel() for p in net.parameters() if p.requires_grad)
+    assert adapters == 7_100_928  # 12 blocks x 2 x (768*192 + 192 + 192*768 + 768): PROTOCOL 7.10 M
+    assert encoder == 89_670_912  # PROTOCOL: SAM ViT-B image encoder 89.67 M
+    assert total_sam == 93_735_472  # PROTOCOL: SAM ViT-B 93.74 M
+    # Decoder 4.06 M minus the IoU head and hyper-network MLPs 1-3 (unused with multimask off).
+    assert decoder == 3_506_304
+    assert trainable == adapters + decoder == 10_607_232
+
+
+def test_frozen_parts_stay_frozen():
+    torch.manual_seed(0)
+    net = SAMAdapter(**TINY_SAM, adapter_init="released").train()
+    frozen = {
+        n: p.detach().clone()
+        for n, p in net.named_parameters()
+        if n.startswith("prompt_encoder.")
+        or (n.startswith("image_encoder.") and ".adapter." not in n)
+    }
+    assert all(not net.get_parameter(n).requires_grad for n in frozen)
+    optimizer = torch.optim.SGD([p for p in net.parameters() if p.requires_grad], lr=1.0)
+    net(torch.randn(2, 3, 128, 128)).square().mean().backward()
+    optimizer.step()
+    for name, before in frozen.items():
+        assert net.get_parameter(name).grad is None, f"{name} got a gradient"
+        assert torch.equal(net.get_parameter(name), before), f"{name} changed"
+    assert any(".adapter." in n for n, p in net.named_parameters() if p.requires_grad)
+
+
+@pytest.mark.parametrize("init", ["zero", "released"])
+@pytest.mark.parametrize("prompt", ["none", "box"])
+def test_every_trainable_parameter_gets_a_gradient(init, prompt):
+    torch.manual_seed(0)
+    net = build_network(
+        "sam_adapter_tiny", in_channels=3, num_classes=1, adapter_init=init, prompt=prompt
+    )
+    loss, _ = net.train().compute_loss(
+        {"image": torch.randn(2, 3, 128, 128), "mask": _masks()},
+        lambda logits, mask: torch.nn.functional.binary_cross_entropy_with_logits(
+            logits[:, 0], mask.float()
+        ),
+    )
+    loss.backward()
+    for name, param in net.named_parameters():
+        if not param.requires_grad:
+            continue
+        assert param.grad is not None and torch.isfinite(param.grad).all(), name
+        # With zero-initialised up-projections the down-projections' first gradient is exactly 0.
+        if init == "released" or not name.endswith(("fc1.weight", "fc1.bias")):
+            assert param.grad.abs().sum() > 0, f"{name} got an all-zero gradient"
+
+
+@pytest.mark.parametrize("size", [128, 256, 96])
+def test_output_shape_at_other_sizes(size):
+    net = build_network("sam_adapter_tiny", in_channels=3, num_classes=1).eval()
+    with torch.no_grad():
+        assert net(torch.randn(1, 3, size, size)).shape == (1, 1, size, size)
+        assert net(torch.randn(1, 3, size, size + 32)).shape == (1, 1, size, size + 32)
+
+
+def test_bad_inputs_and_arguments_raise():
+    net = build_network("sam_adapter_tiny", in_channels=3, num_classes=1)
+    with pytest.raises(ValueError, match="divisible by 16.*112x112"):
+        net(torch.randn(1, 3, 100, 100))
+    with pytest.raises(ValueError, match="in_channels=3"):
+        SAMAdapter(**TINY_SAM, in_channels=1)
+    with pytest.raises(ValueError, match="num_classes=1"):
+        SAMAdapter(**TINY_SAM, num_classes=2)
+    with pytest.raises(ValueError, match="prompt 'boxes' unknown"):
+        SAMAdapter(**TINY_SAM, prompt="boxes")
+    with pytest.raises(ValueError, match="adapter init 'kaiming' unknown"):
+        SAMAdapter(**TINY_SAM, adapter_init="kaiming")
+    prompted = SAMAdapter(**TINY_SAM, prompt="box")
+    with pytest.raises(ValueError, match="needs a mask to sample the prompt"):
+        prompted.predict(torch.randn(1, 3, 128, 128))
+
+
+def test_state_dict_round_trip():
+    torch.manual_seed(0)
+    net = SAMAdapter(**TINY_SAM, adapter_init="released").eval()
+    fresh = SAMAdapter(**TINY_SAM).eval()
+    fresh.load_state_dict(net.state_dict())
+    image = torch.randn(1, 3, 128, 128)
+    with torch.no_grad():
+        assert torch.equal(net(image), fresh(image))
+
+
+@pytest.mark.parametrize("layout", ["sam", "medsam"])
+def test_official_checkpoint_loads_with_report(tmp_path, layout):
+    torch.manual_seed(1)
+    sam = Sam(*build_sam_parts(**TINY_SAM)).eval()
+    _randomise(sam)
+    state = sam.state_dict()
+    # SAM releases a bare state dict; MedSAM's medsam_vit_b.pth has the same keys (we also accept
+    # the {"model": ...} wrapping used by fine-tuning scripts).
+    path = tmp_path / f"{layout}.pth"
+    torch.save(state if layout == "sam" else {"model": state}, path)
+    net = SAMAdapter(**TINY_SAM, checkpoint=str(path)).eval()
+    assert net.load_report["unexpected"] == []
+    assert net.load_report["missing"] and all(".adapter." in k for k in net.load_report["missing"])
+    image = torch.randn(1, 3, 128, 128)
+    with torch.no_grad():
+        torch.testing.assert_close(net(image), _official_logits(sam, image, None, None))
+    # Frozen after loading, too.
+    assert not net.image_encoder.patch_embed.proj.weight.requires_grad
+
+
+def test_wrong_checkpoint_raises(tmp_path):
+    sam = Sam(*build_sam_parts(**TINY_SAM))
+    state = {k: v for k, v in sam.state_dict().items() if not k.startswith("mask_decoder.")}
+    torch.save(state, tmp_path / "partial.pth")
+    with pytest.raises(RuntimeError, match="missing key"):
+        SAMAdapter(**TINY_SAM, checkpoint=str(tmp_path / "partial.pth"))
+    with pytest.raises(FileNotFoundError, match="never downloads"):
+        SAMAdapter(**TINY_SAM, checkpoint=str(tmp_path / "absent.pth"))
+
+
+def test_prompts_sampled_from_mask_lie_inside_it():
+    mask = _masks()
+    generator = torch.Generator().manual_seed(0)
+    for random in (True, False):
+        for _ in range(5):
+            coords, labels = points_from_masks(mask, random=random, generator=generator)
+            assert labels.tolist() == [[1], [1]]
+            for i, (x, y) in enumerate(coords[:, 0].long().tolist()):
+                assert mask[i, y, x] == 1, (i, x, y)
+    boxes = boxes_from_masks(mask)
+    assert boxes.tolist() == [[30, 20, 89, 59], [10, 70, 54, 119]]
+    jittered = boxes_from_masks(mask, jitter=0.2, generator=generator)
+    assert (jittered >= 0).all() and (jittered <= 127).all()
+    assert not torch.equal(jittered, boxes)
+    empty = torch.zeros(1, 64, 64, dtype=torch.long)
+    assert boxes_from_masks(empty).tolist() == [[0, 0, 63, 63]]
+    assert points_from_masks(empty, random=True)[1].tolist() == [[0]]  # a negative point
+
+
+def test_prompt_source_is_reported():
+    assert SAMAdapter(**TINY_SAM).prompt_source == "none"
+    net = SAMAdapter(**TINY_SAM, prompt="point").eval()
+    assert net.prompt_source == "oracle"
+    assert net.prompt_description == "oracle prompt (point from ground truth)"
+    _, logs = net.compute_loss(
+        {"image": torch.randn(1, 3, 128, 128), "mask": _masks()[:1]},
+        lambda logits, mask: logits.mean(),
+    )
+    assert logs["oracle_prompt"] == 1.0
+    provider = build_network("unet_tiny", in_channels=3, num_classes=1)
+    net.set_prompt_provider(provider)
+    assert net.prompt_source == "provided"
+    assert "provided prompt" in net.prompt_description
+    assert net.predict(torch.randn(1, 3, 128, 128)).shape == (1, 1, 128, 128)
+    assert "prompt_provider" not in dict(net.named_children())
+    assert (
+        SAMAdapter(**TINY_SAM, prompt="box", prompt_source="provided").prompt_source == "provided"
+    )
+
+
+def test_public_import():
+    assert networks.SAMAdapter is SAMAdapter
+    assert "sam_adapter" in networks.list_networks()
