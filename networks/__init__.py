@@ -23,6 +23,7 @@ from networks.mcanet import MCANet  # noqa: E402
 from networks.segdt import SegDT  # noqa: E402
 from networks.iscf import ISCF  # noqa: E402
 from networks.transdae import TransDAE  # noqa: E402
+from networks.sam_adapter import SAMAdapter  # noqa: E402
 
 
 def build_network(name: str, **kwargs):
@@ -47,4 +48,5 @@ __all__ = [
     "SegDT",
     "ISCF",
     "TransDAE",
+    "SAMAdapter",
 ]
