@@ -25,13 +25,13 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def mask_to_signed(mask: torch.Tensor, num_classes: int) -> torch.Tensor:
+def mask_to_signed(mask: torch.Tensor, num_classes: int, dtype=torch.float32) -> torch.Tensor:
     """``long [B, H, W]`` -> float ``[B, max(1, K), H, W]`` in {-1, 1} (lesion or one-hot)."""
     if num_classes == 1:
         onehot = (mask > 0).unsqueeze(1)
     else:
         onehot = F.one_hot(mask.long(), num_classes).permute(0, 3, 1, 2)
-    return onehot.float() * 2 - 1
+    return onehot.to(dtype) * 2 - 1
 
 
 def _resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -120,7 +120,8 @@ class TAESDLatentSpace(LatentSpace):
         return self.taesd.encode((image * self.std + self.mean) * 2 - 1) * self.latent_scale
 
     def encode_mask(self, mask):
-        return self.taesd.encode(mask_to_signed(mask, 1).expand(-1, 3, -1, -1)) * self.latent_scale
+        signed = mask_to_signed(mask, 1, self.taesd.encoder.layers[0].weight.dtype)
+        return self.taesd.encode(signed.expand(-1, 3, -1, -1)) * self.latent_scale
 
     def decode(self, latent, size):
         grey = self.taesd.decode(latent / self.latent_scale).mean(dim=1, keepdim=True)
@@ -199,7 +200,8 @@ class LearnedLatentSpace(LatentSpace):
         return self.image_encoder(image)
 
     def encode_mask(self, mask):
-        return torch.tanh(self.mask_encoder(mask_to_signed(mask, self.num_classes)))
+        signed = mask_to_signed(mask, self.num_classes, self.mask_encoder[0].weight.dtype)
+        return torch.tanh(self.mask_encoder(signed))
 
     def decode(self, latent, size):
         return _resize(self.mask_decoder(latent), size)

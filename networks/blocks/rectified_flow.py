@@ -49,7 +49,8 @@ def sample_time(
 
 def _expand(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """``t [B]`` -> ``[B, 1, ..., 1]`` broadcastable against ``like``."""
-    return t.to(like.dtype).view(-1, *([1] * (like.ndim - 1)))
+    dtype = torch.promote_types(t.dtype, like.dtype)
+    return t.to(dtype).view(-1, *([1] * (like.ndim - 1)))
 
 
 def interpolate(x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
