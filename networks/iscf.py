@@ -32,11 +32,12 @@ from networks.blocks.efficient import (
     EfficientAttention,
     EfficientTransformerBlock,
     HierarchicalEncoder,
-    PatchExpand,
+    expand_tokens,
     init_weights,
     pad_to_multiple,
     to_map,
 )
+from networks.blocks.swin import FinalPatchExpand, PatchExpand
 from networks.common import check_input_shape
 from networks.kernels.efficient_attention import context, read_context
 
@@ -177,7 +178,7 @@ class ISCF(nn.Module):
         )
         self.pad_input = pad_input
         # Decoder, deepest first: expand the bottleneck, then per shallower stage fuse and expand.
-        self.bottleneck_expand = PatchExpand(dims[-1], norm_layer=norm_layer)
+        self.bottleneck_expand = PatchExpand(dim=dims[-1], norm_layer=norm_layer)
         self.up_proj, self.fuse, self.fuse_norm, self.expand = (nn.ModuleList() for _ in range(4))
         incoming = dims[-1] // 2
         for i in reversed(range(len(dims) - 1)):
@@ -187,7 +188,9 @@ class ISCF(nn.Module):
             self.fuse_norm.append(norm_layer(d))
             last = i == 0
             self.expand.append(
-                PatchExpand(d, d if last else d // 2, scale=4 if last else 2, norm_layer=norm_layer)
+                FinalPatchExpand(dim=d, scale=4, norm_layer=norm_layer)
+                if last
+                else PatchExpand(dim=d, norm_layer=norm_layer)
             )
             incoming = d // 2
         self.head = nn.Conv2d(dims[0], num_classes, 1)
@@ -205,11 +208,11 @@ class ISCF(nn.Module):
         feats, sizes = self.encoder(x)
         if self.bridge is not None:
             feats = self.bridge(feats, sizes)
-        y, hw = self.bottleneck_expand(feats[-1], sizes[-1])
+        y, hw = expand_tokens(self.bottleneck_expand, feats[-1], sizes[-1])
         for j, i in enumerate(reversed(range(len(feats) - 1))):
             y = torch.cat([self.up_proj[j](y), feats[i]], dim=-1)
             y = self.fuse_norm[j](self.fuse[j](y))
-            y, hw = self.expand[j](y, hw)
+            y, hw = expand_tokens(self.expand[j], y, hw)
         return self.head(to_map(y, hw))[..., :h, :w]
 
 

@@ -42,12 +42,13 @@ from networks.blocks.efficient import (
     HW,
     DualTransformerBlock,
     HierarchicalEncoder,
-    PatchExpand,
+    expand_tokens,
     init_weights,
     pad_to_multiple,
     to_map,
     to_tokens,
 )
+from networks.blocks.swin import FinalPatchExpand, PatchExpand
 from networks.common import check_input_shape
 
 
@@ -153,7 +154,7 @@ class TransDAE(nn.Module):
         self.encoder = HierarchicalEncoder(in_channels, dims, stages, norm_layer=norm_layer)
         self.pad_input = pad_input
         # Decoder, deepest first: expand the bottleneck; per shallower scale fuse, refine, expand.
-        self.bottleneck_expand = PatchExpand(dims[-1], norm_layer=norm_layer)
+        self.bottleneck_expand = PatchExpand(dim=dims[-1], norm_layer=norm_layer)
         self.up_proj, self.interaction, self.blocks, self.expand = (
             nn.ModuleList() for _ in range(4)
         )
@@ -168,7 +169,9 @@ class TransDAE(nn.Module):
                 nn.ModuleList(block(d, heads[i], sr_ratios[i], 0.0) for _ in range(decoder_depth))
             )
             self.expand.append(
-                PatchExpand(d, d if last else d // 2, scale=4 if last else 2, norm_layer=norm_layer)
+                FinalPatchExpand(dim=d, scale=4, norm_layer=norm_layer)
+                if last
+                else PatchExpand(dim=d, norm_layer=norm_layer)
             )
             incoming = d // 2
         self.head = nn.Conv2d(dims[0], num_classes, 1)
@@ -184,12 +187,12 @@ class TransDAE(nn.Module):
         else:
             check_input_shape(x, divisor, type(self).__name__)
         feats, sizes = self.encoder(x)
-        y, hw = self.bottleneck_expand(feats[-1], sizes[-1])
+        y, hw = expand_tokens(self.bottleneck_expand, feats[-1], sizes[-1])
         for j, i in enumerate(reversed(range(len(feats) - 1))):
             y = self.interaction[j](feats[i], self.up_proj[j](y), hw)
             for blk in self.blocks[j]:
                 y = blk(y, hw)
-            y, hw = self.expand[j](y, hw)
+            y, hw = expand_tokens(self.expand[j], y, hw)
         return self.head(to_map(y, hw))[..., :h, :w]
 
 

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from networks import NETWORKS, build_network
-from networks.blocks.efficient import ChannelAttention, EfficientAttention, PatchExpand
+from networks.blocks.efficient import ChannelAttention, EfficientAttention, expand_tokens
+from networks.blocks.swin import FinalPatchExpand, PatchExpand
 from networks.common import load_pretrained
 from networks.kernels.efficient_attention import efficient_attention
 
@@ -190,15 +191,19 @@ def test_channel_attention_matches_hand_computation():
         ChannelAttention(8, num_heads=3)
 
 
-def test_patch_expand_is_a_pixel_shuffle():
-    expand = PatchExpand(8, 2, scale=2)
+def test_expand_tokens_is_a_row_major_pixel_shuffle():
+    expand = PatchExpand(dim=4)
     with torch.no_grad():
-        expand.expand.weight.copy_(torch.eye(8))
+        expand.expand.weight.copy_(torch.eye(8, 4))  # 4 -> 8 channels (p, q, c) = 2x2x2
     expand.norm = torch.nn.Identity()
-    x = torch.arange(8.0).view(1, 1, 8)  # one token, channels (p, q, c) = 2x2x2
-    y, hw = expand(x, (1, 1))
-    assert hw == (2, 2)
-    torch.testing.assert_close(y[0], torch.tensor([[0.0, 1], [2, 3], [4, 5], [6, 7]]))
+    x = torch.tensor([[[0.0, 1, 2, 3], [10, 11, 12, 13]]])  # a 1x2 grid of 4-channel tokens
+    y, hw = expand_tokens(expand, x, (1, 2))
+    assert hw == (2, 4)
+    # Row-major 2x4 output: each input token fills a 2x2 block of 2-channel tokens.
+    expected = [[0, 1], [2, 3], [10, 11], [12, 13], [0, 0], [0, 0], [0, 0], [0, 0]]
+    torch.testing.assert_close(y[0], torch.tensor(expected, dtype=torch.float))
+    final = FinalPatchExpand(dim=4, scale=4)
+    assert expand_tokens(final, x, (1, 2))[0].shape == (1, 4 * 8, 4)
 
 
 def test_constructor_validation():

@@ -8,8 +8,9 @@ input, never from construction.
 Contents: :class:`OverlapPatchEmbed`, :class:`EfficientAttention` (Shen et al., WACV 2021, with real
 multi-head support and optional spatial reduction), :class:`ChannelAttention` (transposed /
 cross-covariance attention, El-Nouby et al., XCiT, NeurIPS 2021), :class:`MixFFN` (SegFormer's
-Mix-FFN and DAE-Former's variant with a skip), :class:`PatchExpand` (Swin-Unet style pixel-shuffle
-up-sampling, Cao et al., ECCV-W 2022), and the two encoder blocks built from them.
+Mix-FFN and DAE-Former's variant with a skip), the pyramid encoder and two encoder blocks built
+from them, and :func:`expand_tokens`, which runs Swin-Unet's patch expanding (Cao et al., ECCV-W
+2022, :mod:`networks.blocks.swin`) on token sequences.
 """
 
 from __future__ import annotations
@@ -244,39 +245,17 @@ class MixFFN(nn.Module):
         return self.fc2(self.act(mixed))
 
 
-class PatchExpand(nn.Module):
-    """Up-sample tokens by ``scale`` with a linear expansion and a pixel shuffle, then a norm.
+def expand_tokens(layer: nn.Module, x: torch.Tensor, hw: HW) -> tuple[torch.Tensor, HW]:
+    """Run a channels-last up-sampling layer (``[B, H, W, C] -> [B, sH, sW, C']``) on tokens.
 
-    Swin-Unet's ``PatchExpand`` is ``scale=2, out_dim=dim // 2`` and its ``FinalPatchExpand_X4`` is
-    ``scale=4, out_dim=dim``; both are this class.
+    The patch-expanding layers are Swin-Unet's, shared with the Swin networks:
+    :class:`networks.blocks.swin.PatchExpand` (x2, ``C -> C/2``) and
+    :class:`networks.blocks.swin.FinalPatchExpand` (x4, ``C`` kept).
 
-    Args:
-        dim: input channels.
-        out_dim: output channels (default ``dim // 2``).
-        scale: up-sampling factor per side.
-        norm_layer: norm over the output channels.
+    Args: x ``[B, H*W, C]``, hw ``(H, W)``. Returns ``[B, sH*sW, C']`` and ``(sH, sW)``.
     """
-
-    def __init__(
-        self,
-        dim: int,
-        out_dim: int | None = None,
-        *,
-        scale: int = 2,
-        norm_layer: type[nn.Module] = nn.LayerNorm,
-    ) -> None:
-        super().__init__()
-        self.out_dim, self.scale = out_dim or dim // 2, scale
-        self.expand = nn.Linear(dim, scale * scale * self.out_dim, bias=False)
-        self.norm = norm_layer(self.out_dim)
-
-    def forward(self, x: torch.Tensor, hw: HW) -> tuple[torch.Tensor, HW]:
-        """Args: x ``[B, H*W, dim]``. Returns ``[B, (sH)*(sW), out_dim]`` and ``(sH, sW)``."""
-        s = self.scale
-        x = rearrange(
-            self.expand(x), "b (h w) (p q c) -> b (h p w q) c", h=hw[0], w=hw[1], p=s, q=s
-        )
-        return self.norm(x), (hw[0] * s, hw[1] * s)
+    y = layer(rearrange(x, "b (h w) c -> b h w c", h=hw[0], w=hw[1]))
+    return rearrange(y, "b h w c -> b (h w) c"), (y.shape[1], y.shape[2])
 
 
 class EfficientTransformerBlock(nn.Module):
