@@ -23,8 +23,8 @@ No code was released. This implementation follows the paper's description on top
    ISIM, ``decoder_depth`` dual-attention blocks, then x2 expansion (``C -> C/2``), the last one x4
    keeping ``C``, and a 1x1 classifier.
 
-Parameter count for ``in_channels=3, num_classes=1`` with the defaults: **see**
-``tests/test_efficient_transformers.py::test_full_size_parameter_counts`` (recorded there).
+Parameter count for ``in_channels=3, num_classes=1`` with the defaults: **40,529,169** (no unused
+parameters; ``isim=False``: 40,375,889), not checked against a count from the paper.
 Inputs of any size: sides that are not multiples of 16 are zero-padded and the logits cropped back
 (``pad_input=False`` raises instead). Spatial reduction needs each stage grid to be at least
 ``sr_ratio`` wide: inputs of at least 32 px with the defaults.
