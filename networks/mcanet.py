@@ -34,18 +34,12 @@ def _conv_norm_act(
     in_channels: int, out_channels: int, kernel_size: int, norm_layer: NormFactory, groups: int = 1
 ) -> nn.Sequential:
     """``conv (no bias) -> norm -> ReLU``, mmcv's ``ConvModule`` as used by the released head."""
-    return nn.Sequential(
-        nn.Conv2d(
-            in_channels,
-            out_channels,
-            kernel_size,
-            padding=kernel_size // 2,
-            groups=groups,
-            bias=False,
-        ),
-        norm_layer(out_channels),
-        nn.ReLU(inplace=True),
+    conv = nn.Conv2d(
+        in_channels, out_channels, kernel_size, padding=kernel_size // 2, groups=groups, bias=False
     )
+    # ConvModule's initialisation: He-normal over fan-out for the ReLU that follows.
+    nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
+    return nn.Sequential(conv, norm_layer(out_channels), nn.ReLU(inplace=True))
 
 
 def _separable_conv(in_channels: int, out_channels: int, norm_layer: NormFactory) -> nn.Sequential:
@@ -170,6 +164,9 @@ class MCADecoder(nn.Module):
         self.align = _conv_norm_act(d4, d1, 1, norm_layer)
         self.dropout = nn.Dropout2d(dropout)
         self.classifier = nn.Conv2d(d1, num_classes, 1)
+        # mmseg's decode-head initialisation of the classifier: N(0, 0.01), zero bias.
+        nn.init.normal_(self.classifier.weight, std=0.01)
+        nn.init.zeros_(self.classifier.bias)
 
     def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
         """Args: the 4 encoder maps, the first at 1/4 of the input.

@@ -42,7 +42,8 @@ def test_encoder_stage_shapes():
 @pytest.mark.parametrize("name", TINY)
 def test_every_parameter_gets_a_finite_gradient(name):
     torch.manual_seed(0)
-    net = build_network(name, in_channels=3, num_classes=1)
+    # No stochastic depth: a block dropped for the whole batch would rightly get no gradient.
+    net = build_network(name, in_channels=3, num_classes=1, drop_path_rate=0.0)
     net(torch.randn(2, 3, 64, 64)).square().mean().backward()
     for pname, p in net.named_parameters():
         assert p.grad is not None, f"{pname} received no gradient"
@@ -105,6 +106,9 @@ def test_variants_use_the_segnext_configs():
     assert [len(s) for s in net.encoder.stages] == list(MSCAN_VARIANTS["s"]["depths"])
     assert net.encoder.embed_dims == (64, 128, 320, 512)
     assert net.encoder.stages[0][0].mlp.fc1.out_channels == 8 * 64
+    # Stochastic depth grows linearly to 0.1 at the last block; the first block has none.
+    assert net.encoder.stages[3][-1].drop_path.drop_prob == pytest.approx(0.1)
+    assert isinstance(net.encoder.stages[0][0].drop_path, torch.nn.Identity)
 
 
 def _mca_reference(block: MultiScaleCrossAxisAttention, x: torch.Tensor) -> torch.Tensor:
