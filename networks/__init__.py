@@ -24,6 +24,7 @@ from networks.segdt import SegDT  # noqa: E402
 from networks.iscf import ISCF  # noqa: E402
 from networks.transdae import TransDAE  # noqa: E402
 from networks.sam_adapter import SAMAdapter  # noqa: E402
+from networks.medsam_ca import MedSAMCA  # noqa: E402
 
 
 def build_network(name: str, **kwargs):
@@ -49,4 +50,5 @@ __all__ = [
     "ISCF",
     "TransDAE",
     "SAMAdapter",
+    "MedSAMCA",
 ]

@@ -251,3 +251,84 @@ def test_prompt_source_is_reported():
 def test_public_import():
     assert networks.SAMAdapter is SAMAdapter
     assert "sam_adapter" in networks.list_networks()
+
+
+# ---------------------------------------------------------------- MedSAM-CA
+
+
+def test_medsam_ca_shapes_gradients_and_freezing():
+    torch.manual_seed(0)
+    net = build_network("medsam_ca_tiny", in_channels=3, num_classes=1, prompt="box").train()
+    assert net(torch.randn(1, 3, 256, 256), prompt_mask=_masks(256)[:1]).shape == (1, 1, 256, 256)
+    loss, logs = net.compute_loss(
+        {"image": torch.randn(2, 3, 128, 128), "mask": _masks()},
+        lambda logits, mask: torch.nn.functional.binary_cross_entropy_with_logits(
+            logits[:, 0], mask.float()
+        ),
+    )
+    loss.backward()
+    assert logs["oracle_prompt"] == 1.0
+    for name, param in net.named_parameters():
+        frozen = name.startswith("prompt_encoder.") or (
+            name.startswith("image_encoder.") and ".adapter." not in name
+        )
+        assert param.requires_grad != frozen, name
+        if frozen:
+            assert param.grad is None, f"{name} is frozen but got a gradient"
+            continue
+        assert param.grad is not None and torch.isfinite(param.grad).all(), name
+        # Exactly-zero gradients are expected for the adapters' down-projections (their
+        # up-projections start at zero) and can happen in CBAM's narrow channel MLP (a ReLU
+        # bottleneck fed with non-negative pooled features may be dead at init at test widths).
+        if not name.endswith(("fc1.weight", "fc1.bias")) and ".cbam.channel." not in name:
+            assert param.grad.abs().sum() > 0, f"{name} got an all-zero gradient"
+
+
+def test_medsam_ca_structure_and_counts():
+    from networks.medsam_ca import MedSAMCA
+
+    net = MedSAMCA()  # ViT-B, built but not run
+    adapters = sum(p.numel() for n, p in net.named_parameters() if ".adapter." in n)
+    assert adapters == 12 * (768 * 76 + 76 + 76 * 768 + 768) == 1_410_960
+    assert not any(".mlp.adapter." in n for n, _ in net.named_parameters())
+    assert [b.body[0][0].out_channels for b in net.cbr_net.blocks] == [64, 128, 256, 512]
+    assert torch.all(net.fusion.gate.bias == 0.8) and torch.all(net.fusion.gate.weight == 0)
+    assert len(net.up_stages) == 4
+    assert not hasattr(net.mask_decoder, "output_upscaling")
+    with pytest.raises(ValueError, match="use \\(1, 2, 2, 2\\)"):
+        MedSAMCA(**TINY_SAM, cnn_strides=(2, 2, 2, 2))
+
+
+def test_medsam_ca_loads_medsam_checkpoint(tmp_path):
+    from networks.medsam_ca import TINY_MEDSAM_CA, MedSAMCA
+
+    torch.manual_seed(2)
+    sam = Sam(*build_sam_parts(**TINY_SAM))
+    _randomise(sam)
+    torch.save(sam.state_dict(), tmp_path / "medsam.pth")
+    net = MedSAMCA(**TINY_MEDSAM_CA, checkpoint=str(tmp_path / "medsam.pth"))
+    report = net.load_report
+    assert report["unexpected"] and all(
+        k.startswith(("mask_decoder.output_", "mask_decoder.iou_prediction_head."))
+        for k in report["unexpected"]
+    )
+    assert not any(
+        k.startswith(("image_encoder.patch", "mask_decoder.transformer")) for k in report["missing"]
+    )
+    torch.testing.assert_close(
+        net.image_encoder.blocks[0].attn.qkv.weight, sam.image_encoder.blocks[0].attn.qkv.weight
+    )
+    assert not net.image_encoder.blocks[0].attn.qkv.weight.requires_grad
+
+
+def test_medsam_ca_public_import_and_round_trip():
+    from networks import MedSAMCA
+
+    torch.manual_seed(0)
+    net = build_network("medsam_ca_tiny", in_channels=3, num_classes=1).eval()
+    assert isinstance(net, MedSAMCA)
+    fresh = build_network("medsam_ca_tiny", in_channels=3, num_classes=1).eval()
+    fresh.load_state_dict(net.state_dict())
+    image = torch.randn(1, 3, 128, 128)
+    with torch.no_grad():
+        assert torch.equal(net(image), fresh(image))
