@@ -1,4 +1,5 @@
-"""Helpers every network shares: input-shape checks and loading pretrained weights from a local path."""
+"""Helpers every network shares: input-shape checks and loading pretrained weights from a local
+path."""
 
 from __future__ import annotations
 
@@ -37,7 +38,8 @@ def load_pretrained(
 
     Args:
         module: the module to load into.
-        path: a ``.pth``/``.pt`` file (a state dict, or a dict holding one under ``model``/``state_dict``).
+        path: a ``.pth``/``.pt`` file (a state dict, or a dict holding one under
+        ``model``/``state_dict``).
         key_map: converts the file's key layout into ``module``'s (e.g. official Swin -> ours).
         allowed_missing: prefixes of module keys that may stay uninitialised (e.g. a new head).
         allowed_unexpected: prefixes of file keys that may be ignored.
@@ -76,7 +78,8 @@ def load_pretrained(
     if bad_missing or bad_unexpected:
         raise RuntimeError(
             f"loading '{path}': {len(bad_missing)} missing key(s) {bad_missing[:8]} and "
-            f"{len(bad_unexpected)} unexpected key(s) {bad_unexpected[:8]}; is this the right file? "
+            f"{len(bad_unexpected)} unexpected key(s) {bad_unexpected[:8]}; "
+            "is this the right file? "
             "Pass allowed_missing/allowed_unexpected prefixes if the difference is intended."
         )
     return missing, unexpected

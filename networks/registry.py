@@ -1,8 +1,11 @@
 """A small name -> builder registry shared by networks, losses, datasets and metrics.
 
-Follows the segment-anything ``sam_model_registry`` idea (a dict is the registry) with the validation that
-MONAI and timm do in their factories: unknown names get a ``difflib`` "did you mean", unknown keyword arguments
-get the list of accepted ones. It lives in ``networks`` so that ``networks`` imports without the training library;
+Follows the segment-anything ``sam_model_registry`` idea (a dict is the registry) with the
+validation that
+MONAI and timm do in their factories: unknown names get a ``difflib`` "did you mean", unknown
+keyword arguments
+get the list of accepted ones. It lives in ``networks`` so that ``networks`` imports without the
+training library;
 ``segmentation.registry`` re-exports it.
 """
 
@@ -26,17 +29,22 @@ class Registry:
         self._entries: dict[str, tuple[Callable[..., Any], dict[str, Any]]] = {}
 
     def register(self, name: str, obj: Callable[..., Any] | None = None, **defaults: Any):
-        """Register ``obj`` (or decorate it) under ``name`` with ``defaults`` as preset keyword arguments."""
+        """Register ``obj`` (or decorate it) under ``name`` with ``defaults`` as preset keyword
+        arguments."""
 
         def add(target: Callable[..., Any]) -> Callable[..., Any]:
             if name in self._entries:
                 raise ValueError(
-                    f"{self.kind} '{name}' is registered twice ({self._entries[name][0]} and {target}); "
+                    f"{self.kind} '{name}' is registered twice "
+                    f"({self._entries[name][0]} and {target}); "
                     "give the second one a different name."
                 )
             unknown = set(defaults) - set(self.accepted_kwargs(target))
             if unknown and not _takes_var_kwargs(target):
-                raise TypeError(f"defaults {sorted(unknown)} for {self.kind} '{name}' are not arguments of {target}")
+                raise TypeError(
+                    f"defaults {sorted(unknown)} for {self.kind} '{name}' "
+                    f"are not arguments of {target}"
+                )
             self._entries[name] = (target, dict(defaults))
             return target
 
@@ -55,7 +63,8 @@ class Registry:
             close = difflib.get_close_matches(str(name), self._entries, n=3, cutoff=0.5)
             hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
             raise KeyError(
-                f"unknown {self.kind} '{name}'.{hint} Registered {self.kind}s: {', '.join(self.names())}."
+                f"unknown {self.kind} '{name}'.{hint} "
+                f"Registered: {', '.join(self.names())}."
             )
         return self._entries[name]
 
@@ -70,7 +79,8 @@ class Registry:
         ]
 
     def build(self, name: str, **kwargs: Any) -> Any:
-        """Build ``name`` with its defaults updated by ``kwargs``; unknown kwargs raise ``TypeError``."""
+        """Build ``name`` with its defaults updated by ``kwargs``; unknown kwargs raise
+        ``TypeError``."""
         target, defaults = self.get(name)
         accepted = self.accepted_kwargs(target)
         if not _takes_var_kwargs(target):

@@ -1,6 +1,7 @@
 """U-Net from segmentation-models-pytorch (Iakubovskii 2019) with a ResNet encoder.
 
-Weights are never downloaded: ``encoder_weights`` is a local path to torchvision/timm-style ResNet weights
+Weights are never downloaded: ``encoder_weights`` is a local path to torchvision/timm-style ResNet
+weights
 (``conv1.weight``, ``layer1.0.conv1.weight``, ... as in ``resnet34-*.pth``) or ``None``.
 """
 
@@ -21,7 +22,8 @@ class SMPUNet(nn.Module):
         in_channels: image channels.
         num_classes: output channels.
         encoder_name: smp encoder name (``resnet34``, ``resnet18``, ...).
-        encoder_depth: number of encoder stages (input sides must be divisible by ``2**encoder_depth``).
+        encoder_depth: number of encoder stages (input sides must be divisible by
+        ``2**encoder_depth``).
         decoder_channels: decoder widths, one per stage.
         encoder_weights: local path to ImageNet weights for the encoder, or ``None``.
     """

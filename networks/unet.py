@@ -1,6 +1,7 @@
 """Classic U-Net (Ronneberger, Fischer, Brox, MICCAI 2015) with batch normalisation.
 
-Four 2x2 max-poolings, widths ``base_width * (1, 2, 4, 8, 16)``, transposed-convolution up-sampling and
+Four 2x2 max-poolings, widths ``base_width * (1, 2, 4, 8, 16)``, transposed-convolution up-sampling
+and
 concatenated skips; 31.04 M parameters for 1 class at ``base_width=64``.
 """
 
@@ -41,7 +42,8 @@ class UNet(nn.Module):
         self.encoder.extend(DoubleConv(widths[i], widths[i + 1], norm_layer) for i in range(depth))
         self.pool = nn.MaxPool2d(2)
         self.up = nn.ModuleList(
-            nn.ConvTranspose2d(widths[i + 1], widths[i], 2, stride=2) for i in reversed(range(depth))
+            nn.ConvTranspose2d(widths[i + 1], widths[i], 2, stride=2)
+            for i in reversed(range(depth))
         )
         self.decoder = nn.ModuleList(
             DoubleConv(2 * widths[i], widths[i], norm_layer) for i in reversed(range(depth))
@@ -49,14 +51,15 @@ class UNet(nn.Module):
         self.head = nn.Conv2d(widths[0], num_classes, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Args: x ``[B, C, H, W]``, H and W divisible by ``2**depth``. Returns logits ``[B, K, H, W]``."""
+        """Args: x ``[B, C, H, W]``, H and W divisible by ``2**depth``. Returns logits ``[B, K, H,
+        W]``."""
         check_input_shape(x, 2**self.depth, type(self).__name__)
         skips = []
         for i, block in enumerate(self.encoder):
             x = block(x if i == 0 else self.pool(x))
             skips.append(x)
         x = skips.pop()
-        for up, block in zip(self.up, self.decoder):
+        for up, block in zip(self.up, self.decoder, strict=True):
             x = block(torch.cat([skips.pop(), up(x)], dim=1))
         return self.head(x)
 

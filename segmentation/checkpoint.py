@@ -1,8 +1,12 @@
-"""Checkpoints: atomic writes, ``weights_only`` loading, and rebuilding the exact model from the file.
+"""Checkpoints: atomic writes, ``weights_only`` loading, and rebuilding the exact model from the
+file.
 
-A checkpoint is a plain dict of tensors and primitives (loadable with ``torch.load(weights_only=True)``, so no
-pickled code runs): ``model_spec`` (registered name + constructor kwargs), ``model`` (state dict without
-``torch.compile``/DDP prefixes), ``config`` (the resolved experiment config), ``optimizer``, ``scheduler``,
+A checkpoint is a plain dict of tensors and primitives (loadable with
+``torch.load(weights_only=True)``, so no
+pickled code runs): ``model_spec`` (registered name + constructor kwargs), ``model`` (state dict
+without
+``torch.compile``/DDP prefixes), ``config`` (the resolved experiment config), ``optimizer``,
+``scheduler``,
 ``step``, ``best`` (metric name and value) and ``rng`` (python, numpy and torch generator states).
 """
 
@@ -91,7 +95,8 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load a dermseg checkpoint with ``weights_only=True``; a clear error for missing or broken files."""
+    """Load a dermseg checkpoint with ``weights_only=True``; a clear error for missing or broken
+    files."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(

@@ -1,13 +1,18 @@
 """Experiment configuration: YAML -> validated sections, with strict keys and types.
 
-A config has seven sections. Buildable sections (``model``, ``data``, ``loss``, ``optim``, ``sched``) are
-``{name: ..., **kwargs}`` whose kwargs are exactly the constructor's; run-level settings (``train``, ``eval``) are
-frozen dataclasses. Unknown keys anywhere raise an error listing the accepted keys with a "did you mean".
+A config has seven sections. Buildable sections (``model``, ``data``, ``loss``, ``optim``,
+``sched``) are
+``{name: ..., **kwargs}`` whose kwargs are exactly the constructor's; run-level settings (``train``,
+``eval``) are
+frozen dataclasses. Unknown keys anywhere raise an error listing the accepted keys with a "did you
+mean".
 
-PyYAML reads ``1e-4`` as the *string* ``'1e-4'`` (only ``1.0e-4`` is a float), so a number that arrives as a
+PyYAML reads ``1e-4`` as the *string* ``'1e-4'`` (only ``1.0e-4`` is a float), so a number that
+arrives as a
 string is an error with that hint, never silently converted.
 
-Overrides use one mechanism: ``--set section.key=value`` with the value parsed by ``yaml.safe_load`` and
+Overrides use one mechanism: ``--set section.key=value`` with the value parsed by ``yaml.safe_load``
+and
 validated like the file.
 """
 
@@ -26,7 +31,8 @@ import yaml
 from segmentation.registry import DATASETS, LOSSES, NETWORKS, Registry
 
 SECTIONS = ("model", "data", "loss", "optim", "sched", "train", "eval")
-# Keys of the data section read by the library itself; every other key goes to the dataset constructor.
+# Keys of the data section read by the library itself; every other key goes to the dataset
+# constructor.
 DATA_KEYS = ("name", "image_size", "augment")
 _NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
 
@@ -42,7 +48,8 @@ class TrainConfig:
     Attributes:
         steps: optimisation steps in total.
         batch_size: images per step (per process under DDP).
-        eval_every: validate (and maybe save ``best.pt``) every this many steps; the last step always validates.
+        eval_every: validate (and maybe save ``best.pt``) every this many steps; the last step
+        always validates.
         log_every: console/TensorBoard scalars every this many steps.
         checkpoint_every: write ``last.pt`` every this many steps (and at the end).
         seed: seeds data order, augmentation and initialisation.
@@ -78,15 +85,19 @@ class EvalConfig:
         metric: validation metric that selects ``best.pt`` (a per-image metric name, e.g. ``dice``).
         batch_size: images per evaluation batch.
         boundary: compute HD95/ASSD (costly on CPU; off during training validation by default).
-        empty: policy when ground truth and prediction are both empty: ``one`` (ISIC), ``nan`` or ``zero``.
-        hd95: HD95 definition, ``monai`` (max of directed 95th percentiles) or ``medpy`` (pooled).
+        empty: policy when ground truth and prediction are both empty: ``one`` (ISIC), ``nan`` or
+        ``zero``.
+        boundary_definition: HD95/ASSD definition, ``monai`` (HD95: max of the directed 95th
+        percentiles)
+            or ``medpy`` (HD95: 95th percentile of the pooled distances); see
+            ``segmentation.metrics``.
     """
 
     metric: str = "dice"
     batch_size: int = 16
     boundary: bool = True
     empty: str = "one"
-    hd95: str = "monai"
+    boundary_definition: str = "monai"
 
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -111,7 +122,8 @@ def _check_value(where: str, value: Any, default: Any) -> None:
     """Type check against the default's type; catch numbers that YAML read as strings."""
     if isinstance(value, str) and _NUMBER.match(value.strip()):
         raise ConfigError(
-            f"{where} = '{value}' is a string, but a number is expected: YAML reads '1e-4' as text. "
+            f"{where} = '{value}' is a string, but a number is expected: "
+            "YAML reads '1e-4' as text. "
             f"Write it with a decimal point and a signed exponent, e.g. {_float_hint(value)}."
         )
     if default is None or value is None:
@@ -217,7 +229,8 @@ class Config:
     eval: EvalConfig
 
     def section(self, name: str) -> dict:
-        """A deep copy of a buildable section (``model``, ``data``, ``loss``, ``optim``, ``sched``)."""
+        """A deep copy of a buildable section (``model``, ``data``, ``loss``, ``optim``,
+        ``sched``)."""
         return copy.deepcopy(self.raw[name])
 
 
@@ -240,7 +253,8 @@ def apply_override(raw: dict, assignment: str) -> None:
     section, key = path.split(".", 1)
     if section not in SECTIONS:
         raise ConfigError(
-            f"override '{assignment}': unknown section '{section}'{_suggest(section, list(SECTIONS))};"
+            f"override '{assignment}': unknown section "
+            f"'{section}'{_suggest(section, list(SECTIONS))};"
             f" sections: {', '.join(SECTIONS)}."
         )
     raw.setdefault(section, {})[key] = yaml.safe_load(text)

@@ -1,7 +1,10 @@
-"""Run a network over an evaluation split and compute the protocol's metrics (../shared/PROTOCOL.md).
+"""Run a network over an evaluation split and compute the protocol's metrics
+(../shared/PROTOCOL.md).
 
-Shared by the Trainer's validation and ``tools/evaluate.py`` so both measure the same way: networks with a
-``predict`` method (generative, prompted) are evaluated through it, others through ``forward``; logits are
+Shared by the Trainer's validation and ``tools/evaluate.py`` so both measure the same way: networks
+with a
+``predict`` method (generative, prompted) are evaluated through it, others through ``forward``;
+logits are
 binarised by the metric code (``sigmoid > 0.5``), never post-processed with the ground truth.
 """
 
@@ -19,7 +22,8 @@ from segmentation.metrics import SegmentationMetrics
 
 
 def predict_logits(model: nn.Module, image: torch.Tensor) -> torch.Tensor:
-    """Logits ``[B, K, H, W]`` at the input size, through ``predict`` when the network defines it."""
+    """Logits ``[B, K, H, W]`` at the input size, through ``predict`` when the network defines
+    it."""
     net = unwrap(model)
     logits = net.predict(image) if hasattr(net, "predict") else model(image)
     if logits.shape[-2:] != image.shape[-2:]:
@@ -46,21 +50,25 @@ def evaluate_model(
         model: the network (any wrapper).
         dataset: an evaluation split (sample dicts with ``image``, ``mask``, ``id``, ``meta``).
         device: where to run.
-        eval_config: :class:`~segmentation.config.EvalConfig` (batch size, empty policy, HD95 definition).
+        eval_config: :class:`~segmentation.config.EvalConfig` (batch size, empty policy, boundary
+            definition).
         boundary: compute HD95/ASSD; ``None`` follows ``eval_config.boundary``.
         collate_fn, num_workers: loader settings.
         autocast: context factory used around the forward pass.
-        predictor: ``(model, image) -> logits``; replaceable (test-time augmentation, sliding window).
+        predictor: ``(model, image) -> logits``; replaceable (test-time augmentation, sliding
+        window).
 
     Returns:
-        ``(metrics, rows)``: the metric dict (``per_image``, ``global``, ``n_images``, ...) and one row per image.
+        ``(metrics, rows)``: the metric dict (``per_image``, ``global``, ``n_images``, ...) and one
+        row per image.
     """
     was_training = model.training
     model.eval()
     meter = SegmentationMetrics(
         empty=eval_config.empty,
         boundary=eval_config.boundary if boundary is None else boundary,
-        hd95_definition=eval_config.hd95,
+        hd95_definition=eval_config.boundary_definition,
+        assd_definition=eval_config.boundary_definition,
     )
     loader = eval_loader(
         dataset, batch_size=eval_config.batch_size, num_workers=num_workers, collate_fn=collate_fn

@@ -1,7 +1,9 @@
 """Build every object of an experiment from a validated :class:`~segmentation.config.Config`.
 
-One place turns config sections into objects, so ``tools/train.py``, ``tools/evaluate.py`` and the benchmark
-build runs identically. ``in_channels``/``num_classes`` come from the dataset; the YAML may repeat them, but a
+One place turns config sections into objects, so ``tools/train.py``, ``tools/evaluate.py`` and the
+benchmark
+build runs identically. ``in_channels``/``num_classes`` come from the dataset; the YAML may repeat
+them, but a
 disagreement is an error.
 """
 
@@ -44,14 +46,16 @@ def build_dataset(config: Config, split: str, *, train: bool | None = None, over
 
 
 def model_spec(config: Config, dataset) -> dict:
-    """``{"name", "kwargs"}`` of the network, with ``in_channels``/``num_classes`` from the dataset."""
+    """``{"name", "kwargs"}`` of the network, with ``in_channels``/``num_classes`` from the
+    dataset."""
     spec = config.section("model")
     name = spec.pop("name")
     for key in ("in_channels", "num_classes"):
         from_data = getattr(dataset, key)
         if key in spec and spec[key] != from_data:
             raise ConfigError(
-                f"model.{key} = {spec[key]} but the dataset '{config.raw['data']['name']}' provides "
+                f"model.{key} = {spec[key]} but the dataset "
+                f"'{config.raw['data']['name']}' provides "
                 f"{from_data}; remove model.{key} from the config (it comes from the data)."
             )
         spec[key] = from_data
@@ -100,12 +104,15 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"train.device = '{name}' but CUDA is not available; use 'cpu' or 'auto'.")
+        raise ConfigError(
+            f"train.device = '{name}' but CUDA is not available; use 'cpu' or 'auto'."
+        )
     return device
 
 
 def seed_everything(seed: int) -> None:
-    """Seed python, numpy and torch (initialisation and dropout; data order is seeded separately)."""
+    """Seed python, numpy and torch (initialisation and dropout; data order is seeded
+    separately)."""
     import random
 
     import numpy as np
@@ -116,7 +123,8 @@ def seed_everything(seed: int) -> None:
 
 
 def run_training(config: Config, run_dir, *, resume: dict | None = None, extra_hooks=()) -> dict:
-    """Train ``config`` into ``run_dir`` (``config.yaml``, ``checkpoints/``, ``tb/``, ``metrics.json``).
+    """Train ``config`` into ``run_dir`` (``config.yaml``, ``checkpoints/``, ``tb/``,
+    ``metrics.json``).
 
     Args:
         config: validated experiment config.

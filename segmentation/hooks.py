@@ -30,7 +30,8 @@ class CheckpointHook(Hook):
 
 
 class TensorBoardHook(Hook):
-    """Scalars (loss terms, lr, grad norm, images/s), validation metrics, and an image panel of input,
+    """Scalars (loss terms, lr, grad norm, images/s), validation metrics, and an image panel of
+    input,
     prediction contour (red) and ground-truth contour (green) on the first validation images."""
 
     def __init__(self, run_dir: str | Path, panel_images: int = 4) -> None:
@@ -78,7 +79,7 @@ class TensorBoardHook(Hook):
                 denormalize(s["image"]),
                 {(255, 0, 0): p.cpu().numpy(), (0, 255, 0): s["mask"].numpy()},
             )
-            for s, p in zip(samples, pred)
+            for s, p in zip(samples, pred, strict=True)
         ]
         return np.concatenate(tiles, axis=1)
 
@@ -90,7 +91,9 @@ class ConsoleHook(Hook):
         self.bar = None
 
     def on_fit_start(self, trainer: Trainer) -> None:
-        self.bar = tqdm(total=trainer.cfg.steps, initial=trainer.step, desc="train", dynamic_ncols=True)
+        self.bar = tqdm(
+            total=trainer.cfg.steps, initial=trainer.step, desc="train", dynamic_ncols=True
+        )
 
     def on_step_end(self, trainer: Trainer, logs: dict[str, float]) -> None:
         self.bar.update(1)

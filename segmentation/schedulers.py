@@ -49,7 +49,8 @@ def poly(optimizer, *, total_steps: int, warmup_steps: int = 0, power: float = 0
 
 @SCHEDULERS.register("plateau")
 def plateau(optimizer, *, total_steps: int, factor: float = 0.5, patience: int = 3):
-    """Reduce the rate by ``factor`` when the validation metric has not improved for ``patience`` evaluations."""
+    """Reduce the rate by ``factor`` when the validation metric has not improved for ``patience``
+    evaluations."""
     return torch.optim.lr_scheduler.ReduceLROnPlateau(
         optimizer, mode="max", factor=factor, patience=patience
     )

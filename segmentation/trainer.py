@@ -1,8 +1,12 @@
-"""The one training loop: iteration-based, resumable, with hooks (nanoGPT-short, nnU-Net-structured).
+"""The one training loop: iteration-based, resumable, with hooks (nanoGPT-short,
+nnU-Net-structured).
 
-``fit()`` runs steps ``self.step .. train.steps - 1``; each step is ``train_step`` (autocast where it helps ->
-loss, or ``model.compute_loss`` for networks whose objective is not "logits -> loss" -> backward -> clip ->
-optimizer -> schedule). Validation runs every ``eval_every`` steps on the validation split only and selects
+``fit()`` runs steps ``self.step .. train.steps - 1``; each step is ``train_step`` (autocast where
+it helps ->
+loss, or ``model.compute_loss`` for networks whose objective is not "logits -> loss" -> backward ->
+clip ->
+optimizer -> schedule). Validation runs every ``eval_every`` steps on the validation split only and
+selects
 ``best.pt`` by a named per-image metric. Hooks (TensorBoard, checkpoints, console) observe the loop.
 """
 
@@ -43,7 +47,8 @@ class Trainer:
     Args:
         model: the network (already on ``device``; possibly compiled).
         loss_fn: ``(logits [B,K,H,W], mask long [B,H,W]) -> scalar``.
-        optimizer, scheduler: built from the config (``scheduler`` is stepped once per training step, or on
+        optimizer, scheduler: built from the config (``scheduler`` is stepped once per training
+        step, or on
             validation for ``ReduceLROnPlateau``).
         train_set, val_set: datasets of the training and *validation* splits.
         config: the validated experiment config (saved inside every checkpoint).
@@ -113,7 +118,8 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
     def train_step(self, batch: dict) -> dict[str, float]:
-        """One optimisation step; raises ``FloatingPointError`` on a non-finite loss (nothing is written)."""
+        """One optimisation step; raises ``FloatingPointError`` on a non-finite loss (nothing is
+        written)."""
         start = time.perf_counter()
         self.model.train()
         batch = self.to_device(batch)
@@ -124,7 +130,8 @@ class Trainer:
                 loss, logs = self.loss_fn(self.model(batch["image"]), batch["mask"]), {}
         if not torch.isfinite(loss):
             raise FloatingPointError(
-                f"non-finite loss ({loss.item()}) at step {self.step + 1}; training stopped before the "
+                f"non-finite loss ({loss.item()}) at step {self.step + 1}; "
+                "training stopped before the "
                 "update, so the checkpoints already written are intact. Lower optim.lr, enable "
                 "train.grad_clip, or check the data."
             )

@@ -1,4 +1,5 @@
-"""Pictures for people: de-normalised images and mask contours (TensorBoard panels, overlays, reports)."""
+"""Pictures for people: de-normalised images and mask contours (TensorBoard panels, overlays,
+reports)."""
 
 from __future__ import annotations
 
@@ -6,8 +7,7 @@ import cv2
 import numpy as np
 import torch
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from segmentation.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 
 def denormalize(image: torch.Tensor) -> np.ndarray:
@@ -18,7 +18,9 @@ def denormalize(image: torch.Tensor) -> np.ndarray:
     return (rgb.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
 
 
-def draw_contours(image: np.ndarray, masks: dict[tuple[int, int, int], np.ndarray], thickness: int = 1):
+def draw_contours(
+    image: np.ndarray, masks: dict[tuple[int, int, int], np.ndarray], thickness: int = 1
+):
     """Draw the outline of each binary mask ``[H, W]`` on a copy of ``image`` in its RGB colour."""
     out = np.ascontiguousarray(image.copy())
     for colour, mask in masks.items():

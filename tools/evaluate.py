@@ -1,7 +1,10 @@
-"""Evaluate a checkpoint: ``python tools/evaluate.py --ckpt RUN/checkpoints/best.pt --split test --out DIR``.
+"""Evaluate a checkpoint: ``python tools/evaluate.py --ckpt RUN/checkpoints/best.pt --split test
+--out DIR``.
 
-Needs only the checkpoint (the experiment config is inside). Writes ``DIR/metrics.json``, ``DIR/per_image.csv``
-(one row per image with its metadata) and ``DIR/metrics.md``. ``--set data.key=value`` changes the data (e.g. the
+Needs only the checkpoint (the experiment config is inside). Writes ``DIR/metrics.json``,
+``DIR/per_image.csv``
+(one row per image with its metadata) and ``DIR/metrics.md``. ``--set data.key=value`` changes the
+data (e.g. the
 root folder of a real dataset, or another dataset for external testing).
 """
 
@@ -28,11 +31,18 @@ def write_rows(rows: list[dict], path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
     parser.add_argument("--ckpt", required=True, help="checkpoint file (best.pt or last.pt)")
     parser.add_argument("--split", default="test", choices=["train", "val", "test"])
-    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                        help="override a config value, e.g. data.root=/data/isic2018")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override a config value, e.g. data.root=/data/isic2018",
+    )
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--no-boundary", action="store_true", help="skip HD95/ASSD (faster)")
     args = parser.parse_args(argv)
@@ -42,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     from segmentation.data import collate
     from segmentation.evaluation import evaluate_model
     from segmentation.experiment import build_dataset, resolve_device
-    from segmentation.metrics import markdown_table
+    from segmentation.reports import markdown_table
 
     try:
         ckpt = load_checkpoint(args.ckpt)

@@ -1,6 +1,7 @@
 """Train a segmenter: ``python tools/train.py --cfg experiments/att_swinunet.yaml [--set k=v ...]``.
 
-Writes ``OUT/config.yaml``, ``OUT/checkpoints/{last,best}.pt``, TensorBoard events in ``OUT/tb/`` and
+Writes ``OUT/config.yaml``, ``OUT/checkpoints/{last,best}.pt``, TensorBoard events in ``OUT/tb/``
+and
 ``OUT/metrics.json`` (final validation metrics). ``--resume OUT`` continues a run from ``last.pt``.
 """
 
@@ -15,12 +16,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
     parser.add_argument("--cfg", help="experiment YAML (not needed with --resume)")
-    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                        help="override a config value (YAML syntax), repeatable")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override a config value (YAML syntax), repeatable",
+    )
     parser.add_argument("--out", help="run folder (default runs/<config name>-<time>)")
-    parser.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from last.pt")
+    parser.add_argument(
+        "--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from last.pt"
+    )
     args = parser.parse_args(argv)
 
     from segmentation.checkpoint import load_checkpoint
@@ -38,7 +48,9 @@ def main(argv: list[str] | None = None) -> int:
             stamp = time.strftime("%Y%m%d-%H%M%S")
             run_dir = Path(args.out or f"runs/{Path(args.cfg).stem}-{stamp}")
             if (run_dir / "checkpoints").exists():
-                parser.error(f"{run_dir} already holds checkpoints; use --resume {run_dir} or another --out")
+                parser.error(
+                    f"{run_dir} already holds checkpoints; use --resume {run_dir} or another --out"
+                )
             ckpt = None
         else:
             parser.error("give --cfg FILE (new run) or --resume RUN_DIR")

@@ -1,8 +1,11 @@
 """Step-indexed data loading: the batch at step ``s`` depends only on ``(seed, s)``.
 
-This is what makes a resumed run bit-identical to an uninterrupted one: data order is a fixed permutation per
-epoch (seeded by ``(seed, epoch)``), and every sample's augmentation is seeded by ``(seed, step, slot)`` instead
-of by a generator whose state would have to be saved. Under DDP each rank takes a disjoint slice of the same
+This is what makes a resumed run bit-identical to an uninterrupted one: data order is a fixed
+permutation per
+epoch (seeded by ``(seed, epoch)``), and every sample's augmentation is seeded by ``(seed, step,
+slot)`` instead
+of by a generator whose state would have to be saved. Under DDP each rank takes a disjoint slice of
+the same
 global batch.
 """
 
@@ -43,7 +46,9 @@ class StepBatchSampler(Sampler):
                 "lower train.batch_size or add data."
             )
         if batch_size % world_size:
-            raise ValueError(f"global batch {batch_size} is not divisible by {world_size} processes.")
+            raise ValueError(
+                f"global batch {batch_size} is not divisible by {world_size} processes."
+            )
         self.n, self.batch, self.seed = num_samples, batch_size, seed
         self.start, self.total, self.rank, self.world = start_step, total_steps, rank, world_size
         self.per_epoch = num_samples // batch_size  # drop the last incomplete batch
@@ -116,5 +121,9 @@ def train_loader(
 def eval_loader(dataset: Dataset, *, batch_size: int, num_workers: int = 0, collate_fn=None):
     """Sequential, unshuffled loader over every image of an evaluation split."""
     return DataLoader(
-        dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=collate_fn
+        dataset,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+        collate_fn=collate_fn,
     )
