@@ -18,7 +18,8 @@ switchable for the paper's ablation through ``skip_attention``:
 
       out = softmax(Q K^T / sqrt(d) + B + M) V + A_enc V
 
-  The first term stays on the fused attention backend; the second is one batched matmul. The map is
+  The first term stays on the fused attention backend; the second is one batched matmul. The
+  encoder blocks must return their maps, so they run the dispatcher's reference path. The map is
   not detached, so the encoder also learns through it. In the released code
   (``SwinTransformerBlock.forward``) the decoder block adds the encoder stage's map (of the stage's
   last block, for every decoder block) to its own map *after* the block output has been computed and
@@ -27,7 +28,7 @@ switchable for the paper's ablation through ``skip_attention``:
 
 ``skip_attention="none"`` is Swin-Unet; ``"spatial"`` (spatial branch only) completes the ablation
 grid. With cross attention on all three skips and lite depths (2-2-2-2): 32.68 M parameters for 1
-class.
+class and 8.25 GMAC at 224 (``FlopCounterMode``; the released code measures 32.69 M, 8.34 G).
 """
 
 from __future__ import annotations

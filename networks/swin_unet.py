@@ -4,9 +4,10 @@ HuCaoFighting/Swin-Unet repository.
 
 A Swin Transformer encoder (patch 4, stages of ``embed_dim * 2**s`` channels joined by patch
 merging), a symmetric decoder of Swin blocks joined by patch expanding, skips taken from the inputs
-of encoder stages
-``0 .. S-2`` and fused by concatenation + Linear 2C -> C, and a final x4 patch expanding to pixels.
-The "lite" configuration (depths 2-2-2-2) has 27.17 M parameters for 1 class.
+of encoder stages ``0 .. S-2`` and fused by concatenation + Linear 2C -> C, and a final x4 patch
+expanding to pixels. The "lite" configuration (depths 2-2-2-2) has 27.17 M parameters for 1 class
+and 6.07 GMAC at 224 (matmuls and convolutions counted by ``torch.utils.flop_counter``'s
+``FlopCounterMode``; the official count is 6.13 G).
 
 Input sizes: any. Sides that are not multiples of ``patch_size * 2**(num_stages - 1)`` (32 for
 Swin-Unet) are zero-padded on the bottom/right before the patch embedding (zero is the mean colour
