@@ -241,9 +241,7 @@ class DeepSupervision(nn.Module):
         weights: one non-negative weight per output, full resolution first.
     """
 
-    def __init__(
-        self, *, base: str | dict | Callable = "bce_dice", weights: Sequence[float]
-    ) -> None:
+    def __init__(self, *, base: str | dict | Callable, weights: Sequence[float]) -> None:
         super().__init__()
         if isinstance(weights, str | bytes) or not isinstance(weights, Sequence) or not weights:
             raise ValueError(f"weights must be a non-empty list of numbers, got {weights!r}.")

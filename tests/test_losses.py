@@ -159,8 +159,8 @@ def test_argument_and_input_errors():
     with pytest.raises(ValueError, match="'name' key"):
         build_loss({"dice_weight": 1.0})
     with pytest.raises(ValueError, match="one weight per output"):
-        DeepSupervision(weights=[1.0, 0.5])([logits], torch.zeros(1, 4, 4).long())
+        DeepSupervision(base="bce", weights=[1.0, 0.5])([logits], torch.zeros(1, 4, 4).long())
     with pytest.raises(ValueError, match="non-empty list"):
-        DeepSupervision(weights=[])
+        DeepSupervision(base="bce", weights=[])
     with pytest.raises(ValueError, match="at least one above 0"):
-        DeepSupervision(weights=[0.0, 0.0])
+        DeepSupervision(base="bce", weights=[0.0, 0.0])
