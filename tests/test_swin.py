@@ -10,6 +10,7 @@ from timm.layers import resize_rel_pos_bias_table
 from networks import NETWORKS, AttSwinUNet, SwinUNet, build_network
 from networks.att_swinunet import SKIP_ATTENTION_MODES, CrossContextualSkip
 from networks.blocks.swin import (
+    PatchMerging,
     SwinBlock,
     WindowAttention,
     shifted_window_mask,
@@ -270,6 +271,18 @@ def test_registry_variants():
 
 
 # ----------------------------------------------------------------------------- pretrained weights
+
+
+def test_patch_merging_uses_the_official_channel_order():
+    # ImageNet reduction weights expect [(even row, even col), (odd, even), (even, odd), (odd, odd)]
+    merge = PatchMerging(dim=3, norm_layer=torch.nn.Identity)
+    x = torch.randn(2, 4, 6, 3)
+    expected = torch.cat(
+        [x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], -1
+    )
+    torch.testing.assert_close(merge(x), merge.reduction(expected))
+    with pytest.raises(ValueError, match="needs an even feature map"):
+        merge(torch.randn(1, 3, 4, 3))
 
 
 def official_swin_state(embed_dim, depths, num_heads, window, in_chans=3, classes=1000, seed=0):
