@@ -333,7 +333,7 @@ def test_metric_registry_and_selection():
     assert metric_value(result, "global_dice") == result["global"]["dice"]
     assert metric_value(result, "thresholded_jaccard") == result["per_image"]["thresholded_jaccard"]
     assert higher_is_better("dice") and not higher_is_better("hd95")
-    with pytest.raises(ValueError, match="Did you mean 'dice'.*Registered metrics: accuracy"):
+    with pytest.raises(ValueError, match="Did you mean 'dice'.*accuracy, assd, dice, global_dice"):
         metric_value(result, "dise")
 
 
