@@ -11,7 +11,8 @@ import math
 import cv2
 import numpy as np
 
-MAX_HAIR, MAX_BUBBLES = 39, 4
+MAX_LESIONS, MAX_HAIR, MAX_BUBBLES = 3, 39, 4
+_K = np.arange(2, 13)  # harmonics of the star-shaped border
 _HAIR_COLOURS = np.array([[28, 20, 16], [92, 60, 38], [205, 200, 192]], dtype=np.float32)
 _REF = 256.0
 
@@ -89,3 +90,49 @@ def draw_artefacts(
             _draw_polyline(cov, col, circle, (235, 235, 235), 1.2 * s)
             bubbles.append((centre, radius))
     return cov, col, bubbles
+
+
+def lesion_geometry(rng: np.random.Generator, p: dict, size: int) -> list[tuple]:
+    """Lesion centres and border radius look-up tables ``r(theta)`` (fixed draws for 3 lesions).
+
+    Border: ``r(theta) = R0 (1 + sum_k a_k cos(k theta + phi_k))``, ``k = 2..12``,
+    ``a_k ~ N(0, sigma / k^0.9)``, clipped to ``[0.35, 1.8] R0``, tabulated on 1025 angles in
+    ``[-pi, pi]``. Placement of the primary lesion: with ``at_border`` its centre lies within
+    ``0.25 R0`` of the visible field's edge (so the lesion crosses it, as ``r >= 0.35 R0``);
+    otherwise it is placed so the whole lesion fits inside the field when it can. Satellites
+    (radius 0.3-0.7 of the primary) are scattered inside the field.
+
+    Returns:
+        ``[(cx, cy, lut float32 [1025])]`` in pixels, one per lesion (sets ``p["border_sigma"]``).
+    """
+    sigma = rng.uniform(0.03, 0.35, MAX_LESIONS)
+    amps = rng.standard_normal((MAX_LESIONS, _K.size)) * sigma[:, None] / _K**0.9
+    phases = rng.uniform(0, 2 * math.pi, (MAX_LESIONS, _K.size))
+    place = rng.random((MAX_LESIONS, 3))  # direction, distance, satellite radius factor
+    p["border_sigma"] = float(sigma[0])
+    theta = np.linspace(-math.pi, math.pi, 1025, dtype=np.float64)
+    c0 = (size - 1) / 2.0
+    field_r = p["aperture_radius_frac"] * size if p["aperture"] else math.inf
+    lesions = []
+    for i in range(p["n_lesions"]):
+        r0 = p["lesion_radius_frac"] * size * (1.0 if i == 0 else 0.3 + 0.4 * place[i, 2])
+        shape = 1.0 + (amps[i, :, None] * np.cos(_K[:, None] * theta + phases[i, :, None])).sum(0)
+        lut = (r0 * np.clip(shape, 0.35, 1.8)).astype(np.float32)
+        r_max = float(lut.max())
+        psi = 2 * math.pi * place[i, 0]
+        direction = np.array([math.cos(psi), math.sin(psi)])
+        # Distance from the centre to the field edge along psi (square image, optionally the
+        # aperture).
+        with np.errstate(divide="ignore"):
+            square = np.min(np.abs(c0 / np.where(direction == 0, 1e-12, direction)))
+        edge = min(square, field_r - 1.0)
+        if i == 0 and p["at_border"]:
+            dist = edge - 0.25 * r0 * place[i, 1]  # centre within 0.25 R0 of the edge; r >= 0.35 R0
+        elif i == 0:
+            slack = min(c0, field_r) - r_max - 2.0
+            dist = max(0.0, slack) * math.sqrt(place[i, 1])
+            dist = min(dist, max(0.0, edge - r_max - 2.0))
+        else:
+            dist = 0.75 * min(c0, field_r) * math.sqrt(place[i, 1])
+        lesions.append((c0 + dist * direction[0], c0 + dist * direction[1], lut))
+    return lesions

@@ -37,7 +37,7 @@ from tqdm import tqdm
 from ..registry import DATASETS
 from .color import ita as measure_ita
 from .color import ita_group, lab_to_rgb, lesion_contrast, rgb_to_lab
-from .procedural import MAX_HAIR, draw_artefacts, fractal_noise
+from .procedural import MAX_HAIR, draw_artefacts, fractal_noise, lesion_geometry
 from .transforms import build_transform
 
 __all__ = [
@@ -51,18 +51,24 @@ __all__ = [
     "write_isic2018_layout",
 ]
 
+# Difficulty tags, all computed from the recorded parameters:
+#   dark_skin       target ITA <= 10 degrees: the chardon6 bins "brown" and "dark" (about 54 % of
+#                   U(-55, 65); use the per-sample `ita_group` column for finer strata)
+#   low_contrast    L* darkening < 10, i.e. drawn from the low-contrast branch U(4, 10)
+#   heavy_hair      6 or more hair strands (the "6-39 strands" branch)
+#   tiny            primary lesion radius < 0.08 x image size
+#   multiple        2-3 lesions drawn (`n_components` records how many stay separate)
+#   touches_border  the mask reaches the edge of the visible field (image border or aperture rim)
 TAGS = ("dark_skin", "low_contrast", "heavy_hair", "tiny", "multiple", "touches_border")
-# dark_skin = target ITA <= 10 degrees, i.e. the chardon6 bins "brown" and "dark".
 DARK_SKIN_MAX_ITA = 10.0
-LOW_CONTRAST_MAX = 10.0  # L* darkening below this comes from the low-contrast branch U(4, 10)
+LOW_CONTRAST_MAX = 10.0
 HEAVY_HAIR_MIN = 6
-TINY_MAX_RADIUS = 0.08  # primary lesion radius / size
+TINY_MAX_RADIUS = 0.08
 QUOTA_PRESETS: dict[str, dict[str, float]] = {
     # each hard property forced independently with probability 1/2 (plus its natural rate)
     "hard": {"dark_skin": 0.5, "low_contrast": 0.5, "heavy_hair": 0.5},
 }
 _BLOOD = (0.002, 0.005, 0.02, 0.05)
-_MAX_LESIONS, _K = 3, np.arange(2, 13)
 _REF = 256.0
 
 
@@ -145,41 +151,6 @@ def _draw_params(rng: np.random.Generator, forced: set[str]) -> dict:
     return p
 
 
-def _lesion_geometry(rng: np.random.Generator, p: dict, size: int) -> list[tuple]:
-    """Centres, base radii and border look-up tables of the lesions (fixed draws for 3 lesions)."""
-    sigma = rng.uniform(0.03, 0.35, _MAX_LESIONS)
-    amps = rng.standard_normal((_MAX_LESIONS, _K.size)) * sigma[:, None] / _K**0.9
-    phases = rng.uniform(0, 2 * math.pi, (_MAX_LESIONS, _K.size))
-    place = rng.random((_MAX_LESIONS, 3))  # direction, distance, satellite radius factor
-    p["border_sigma"] = float(sigma[0])
-    theta = np.linspace(-math.pi, math.pi, 1025, dtype=np.float64)
-    c0 = (size - 1) / 2.0
-    field_r = p["aperture_radius_frac"] * size if p["aperture"] else math.inf
-    lesions = []
-    for i in range(p["n_lesions"]):
-        r0 = p["lesion_radius_frac"] * size * (1.0 if i == 0 else 0.3 + 0.4 * place[i, 2])
-        shape = 1.0 + (amps[i, :, None] * np.cos(_K[:, None] * theta + phases[i, :, None])).sum(0)
-        lut = (r0 * np.clip(shape, 0.35, 1.8)).astype(np.float32)
-        r_max = float(lut.max())
-        psi = 2 * math.pi * place[i, 0]
-        direction = np.array([math.cos(psi), math.sin(psi)])
-        # Distance from the centre to the field edge along psi (square image, optionally the
-        # aperture).
-        with np.errstate(divide="ignore"):
-            square = np.min(np.abs(c0 / np.where(direction == 0, 1e-12, direction)))
-        edge = min(square, field_r - 1.0)
-        if i == 0 and p["at_border"]:
-            dist = edge - 0.25 * r0 * place[i, 1]  # centre within 0.25 R0 of the edge; r >= 0.35 R0
-        elif i == 0:
-            slack = min(c0, field_r) - r_max - 2.0
-            dist = max(0.0, slack) * math.sqrt(place[i, 1])
-            dist = min(dist, max(0.0, edge - r_max - 2.0))
-        else:
-            dist = 0.75 * min(c0, field_r) * math.sqrt(place[i, 1])
-        lesions.append((c0 + dist * direction[0], c0 + dist * direction[1], lut))
-    return lesions
-
-
 def difficulty_tags(params: Mapping) -> list[str]:
     """Difficulty tags of a sample from its recorded parameters (thresholds: module constants)."""
     rules = {
@@ -199,7 +170,7 @@ def _generate(seed: int, index: int, size: int, quotas=None):
     forced = _forced_tags(seed, index, resolve_quotas(quotas))
     rng = np.random.default_rng(np.random.SeedSequence([int(seed), int(index)]))
     p = _draw_params(rng, forced)
-    lesions = _lesion_geometry(rng, p, size)
+    lesions = lesion_geometry(rng, p, size)
     s = size / _REF
     tex = [fractal_noise(rng, size, p["texture_octaves"], 4) for _ in range(3)]
     variegation = fractal_noise(rng, size, 3, 2)
