@@ -17,6 +17,10 @@ def _is_missing(value: Any) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value)) or value == ""
 
 
+def _is_multi(value: Any) -> bool:
+    return isinstance(value, list | tuple | set | frozenset)
+
+
 def bootstrap_ci(
     values: np.ndarray, *, n_boot: int, ci: float, rng: np.random.Generator
 ) -> tuple[float, float]:
@@ -47,7 +51,8 @@ def group_report(
 
     Args:
         rows: per-image dicts (``SegmentationMetrics.rows()`` with metadata such as the ITA group).
-        group_key: the row key holding the group (e.g. ``ita_group``, ``fitzpatrick``).
+        group_key: the row key holding the group (e.g. ``ita_group``, ``fitzpatrick``); a list
+            value (difficulty tags) counts the image in each listed group.
         metric: the row key holding the value (``dice``, ``iou``, ``hd95``...); NaN values are
             left out.
         n_boot: bootstrap resamples per group.
@@ -72,10 +77,13 @@ def group_report(
             raise KeyError(f"row {i} has no metric '{metric}'; its keys are {sorted(row)}.")
         group = row.get(group_key)
         value = float(row[metric])
-        if _is_missing(group) or math.isnan(value):
+        # a list-valued group (difficulty tags) puts the image in each of its groups
+        members = [g for g in group if not _is_missing(g)] if _is_multi(group) else [group]
+        if not members or _is_missing(members[0]) or math.isnan(value):
             n_missing += 1
             continue
-        values.setdefault(str(group), []).append(value)
+        for member in members:
+            values.setdefault(str(member), []).append(value)
     if not values:
         raise ValueError(
             f"no row has both a group '{group_key}' and a finite '{metric}' ({len(rows)} rows); "

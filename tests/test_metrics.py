@@ -360,6 +360,11 @@ def test_group_report_hand_example():
     assert group_report(rows, "tone", seed=0) == rep  # deterministic in the seed
     ordered = group_report(rows, "tone", order=["light", "tan", "dark"])
     assert list(ordered["groups"]) == ["light", "tan", "dark"]
+    tagged = [{"dice": 0.5, "tags": ["hair", "low_contrast"]}, {"dice": 0.9, "tags": ["hair"]}]
+    tagged.append({"dice": 0.7, "tags": []})
+    tag_rep = group_report(tagged, "tags", n_boot=10)
+    assert {k: v["n"] for k, v in tag_rep["groups"].items()} == {"hair": 2, "low_contrast": 1}
+    assert tag_rep["groups"]["hair"]["mean"] == pytest.approx(0.7) and tag_rep["n_missing"] == 1
     hd = group_report([{"hd95": v, "k": k} for v, k in [(1.0, "a"), (5.0, "b")]], "k", "hd95")
     assert hd["worst_group"] == "b"  # larger distance is worse
     text = markdown_table(rep)
