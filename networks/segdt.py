@@ -23,13 +23,14 @@ sampling steps suffice). Every other choice is ours and listed here:
     RGB; the decoded grey level (channel mean, about [-1, 1]) times ``logit_scale`` gives the
     logits. Binary masks and RGB only.
   - ``learned`` (default of ``segdt``, since TAESD weights cannot be downloaded here): a small mask
-    autoencoder (conv stack with a ``tanh`` latent, 4x, 4 channels) trained *jointly* with the DiT
-    by a reconstruction term inside ``compute_loss`` (the configured segmentation loss on the
-    decoded logits of the slightly noised latent). The flow target is the *detached* mask latent,
-    so the velocity loss cannot collapse the latent space; only the reconstruction trains the mask
-    autoencoder. The image encoder is trained by the velocity loss. The trained space is saved in
-    the SegDT checkpoint; passing that checkpoint as ``autoencoder_ckpt`` reuses it frozen in
-    another run (a two-stage schedule with one Trainer).
+    autoencoder (conv stack with a ``tanh`` latent; 8x and 4 channels like TAESD, so a token covers
+    16x16 pixels as in the paper) trained *jointly* with the DiT by a reconstruction term inside
+    ``compute_loss`` (the configured segmentation loss on the decoded logits of the slightly noised
+    latent). The flow target is the *detached* mask latent, so the velocity loss cannot collapse the
+    latent space; only the reconstruction trains the mask autoencoder. The image encoder is trained
+    by the velocity loss. The trained space is saved in the SegDT checkpoint; passing that
+    checkpoint as ``autoencoder_ckpt`` reuses it frozen in another run (a two-stage schedule with
+    one Trainer).
   - ``none``: pixel space at ``1/latent_downsample`` resolution (default 2) with patch 4: image and
     mask are area-averaged, the mask mapped to [-1, 1]; decoding up-samples the latent bilinearly
     and multiplies it by ``logit_scale``.
@@ -64,7 +65,7 @@ from networks.blocks.rectified_flow import (
 from networks.common import check_input_shape
 
 AUTOENCODERS = ("taesd", "learned", "none")
-_DEFAULT_DOWNSAMPLE = {"taesd": 8, "learned": 4, "none": 2}
+_DEFAULT_DOWNSAMPLE = {"taesd": 8, "learned": 8, "none": 2}
 _DEFAULT_PATCH = {"taesd": 2, "learned": 2, "none": 4}
 
 
@@ -78,7 +79,7 @@ class SegDT(nn.Module):
         taesd_path: local TAESD weights (required for ``taesd``).
         autoencoder_ckpt: SegDT checkpoint whose learned latent space is reused frozen (``learned``
             only).
-        latent_downsample: input side / latent side; ``None`` picks 8 (taesd), 4 (learned), 2
+        latent_downsample: input side / latent side; ``None`` picks 8 (taesd, learned) or 2
             (none).
         latent_channels, cond_channels, autoencoder_width: sizes of the learned latent space.
         patch_size: DiT patch; ``None`` picks 2 (taesd, learned) or 4 (none).
@@ -302,6 +303,7 @@ NETWORKS.register(
     "segdt_learned_tiny",
     SegDT,
     autoencoder="learned",
+    latent_downsample=4,
     autoencoder_width=16,
     cond_channels=4,
     **_TINY,
