@@ -25,6 +25,7 @@ from networks.iscf import ISCF  # noqa: E402
 from networks.transdae import TransDAE  # noqa: E402
 from networks.sam_adapter import SAMAdapter  # noqa: E402
 from networks.medsam_ca import MedSAMCA  # noqa: E402
+from networks.sam2_adapter import SAM2Adapter  # noqa: E402
 
 
 def build_network(name: str, **kwargs):
@@ -51,4 +52,5 @@ __all__ = [
     "TransDAE",
     "SAMAdapter",
     "MedSAMCA",
+    "SAM2Adapter",
 ]

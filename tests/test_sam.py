@@ -332,3 +332,122 @@ def test_medsam_ca_public_import_and_round_trip():
     image = torch.randn(1, 3, 128, 128)
     with torch.no_grad():
         assert torch.equal(net(image), fresh(image))
+
+
+# ---------------------------------------------------------------- SAM 2
+
+
+def _official_sam2(net):
+    """A ``SAM2Base`` from the package with our weights (memory modules unused in one image)."""
+    from sam2.modeling.sam2_base import SAM2Base
+
+    from networks.sam2_adapter import TINY_SAM2, build_sam2_parts
+
+    base = SAM2Base(
+        image_encoder=build_sam2_parts(**TINY_SAM2)[0],
+        memory_attention=torch.nn.Identity(),
+        memory_encoder=torch.nn.Identity(),
+        image_size=TINY_SAM2["image_size"],
+        use_high_res_features_in_sam=True,
+        directly_add_no_mem_embed=True,
+        pred_obj_scores=True,
+        pred_obj_scores_mlp=True,
+        iou_prediction_use_sigmoid=True,
+        use_multimask_token_for_obj_ptr=True,
+    )
+    result = base.load_state_dict(net.state_dict(), strict=False)
+    assert set(result.missing_keys) == {"maskmem_tpos_enc", "no_mem_pos_enc"}, result.missing_keys
+    return base.eval()
+
+
+@pytest.mark.parametrize("prompt", ["none", "box", "point"])
+@pytest.mark.parametrize("backend", ["native", "reference"])
+def test_sam2_identity_init_equals_official_image_predictor(prompt, backend):
+    import numpy as np
+    from sam2.sam2_image_predictor import SAM2ImagePredictor
+
+    from networks.sam2_adapter import TINY_SAM2, SAM2Adapter
+
+    torch.manual_seed(0)
+    net = SAM2Adapter(**TINY_SAM2, prompt=prompt, attention_backend=backend).eval()
+    with torch.no_grad():
+        net.no_mem_embed.normal_()
+    predictor = SAM2ImagePredictor(_official_sam2(net))
+    predictor._bb_feat_sizes = [(32, 32), (16, 16), (8, 8)]  # hard-coded for 1024 upstream
+    image = np.random.RandomState(0).randint(0, 256, (128, 128, 3), dtype=np.uint8)
+    predictor.set_image(image)
+    mask = _masks()[:1]
+    points, boxes = net.sample_prompts(mask, random=False)
+    ref, _, _ = predictor.predict(
+        point_coords=None if points is None else points[0][0].numpy(),
+        point_labels=None if points is None else points[1][0].numpy(),
+        box=None if boxes is None else boxes[0].numpy(),
+        multimask_output=False,
+        return_logits=True,
+    )
+    x = torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255  # the predictor's transform
+    x = (x - torch.tensor([0.485, 0.456, 0.406])[:, None, None]) / torch.tensor(
+        [0.229, 0.224, 0.225]
+    )[:, None, None]
+    with torch.no_grad():
+        ours = net(x, prompt_mask=mask)[0].numpy()
+    if backend == "native":
+        assert np.array_equal(ours, ref), np.abs(ours - ref).max()
+    else:
+        np.testing.assert_allclose(ours, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_sam2_gradients_freezing_and_shapes():
+    torch.manual_seed(0)
+    net = build_network("sam2_adapter_tiny", in_channels=3, num_classes=1, adapter_init="released")
+    loss, _ = net.train().compute_loss(
+        {"image": torch.randn(2, 3, 128, 128), "mask": _masks()}, lambda lg, m: lg.square().mean()
+    )
+    loss.backward()
+    for name, param in net.named_parameters():
+        frozen = (
+            name.startswith(("sam_prompt_encoder.", "no_mem_embed"))
+            or (name.startswith("image_encoder.") and ".adapter." not in name)
+            or name.startswith(("sam_mask_decoder.iou_prediction", "sam_mask_decoder.pred_obj"))
+        )
+        if frozen:
+            assert not param.requires_grad and param.grad is None, name
+        elif param.requires_grad:
+            assert param.grad is not None and torch.isfinite(param.grad).all(), name
+            assert param.grad.abs().sum() > 0, f"{name} got an all-zero gradient"
+    with torch.no_grad():
+        assert net.eval()(torch.randn(1, 3, 256, 192)).shape == (1, 1, 256, 192)
+    with pytest.raises(ValueError, match="divisible by 32.*128x128"):
+        net(torch.randn(1, 3, 112, 112))
+
+
+def test_sam2_checkpoint_loads_with_report(tmp_path):
+    from networks.sam2_adapter import TINY_SAM2, SAM2Adapter
+
+    torch.manual_seed(3)
+    source = SAM2Adapter(**TINY_SAM2, adapter_init="released")
+    base = _official_sam2(source)
+    state = {k: v for k, v in base.state_dict().items()}
+    state["memory_encoder.out_proj.weight"] = torch.zeros(8, 8)  # video keys are allowed extras
+    torch.save({"model": state}, tmp_path / "sam2.1_hiera_tiny.pt")
+    net = SAM2Adapter(**TINY_SAM2, checkpoint=str(tmp_path / "sam2.1_hiera_tiny.pt"))
+    assert all(".adapter." in k for k in net.load_report["missing"]) and net.load_report["missing"]
+    assert "maskmem_tpos_enc" in net.load_report["unexpected"]
+    assert "memory_encoder.out_proj.weight" in net.load_report["unexpected"]
+    torch.testing.assert_close(net.no_mem_embed, base.no_mem_embed)
+    del state["sam_mask_decoder.conv_s0.weight"]
+    torch.save({"model": state}, tmp_path / "broken.pt")
+    with pytest.raises(RuntimeError, match="missing key"):
+        SAM2Adapter(**TINY_SAM2, checkpoint=str(tmp_path / "broken.pt"))
+
+
+def test_sam2_hiera_tiny_parameter_counts():
+    from networks.sam2_adapter import SAM2Adapter
+
+    net = SAM2Adapter()  # Hiera-T (SAM 2.1), built but not run
+    adapters = sum(p.numel() for n, p in net.named_parameters() if ".adapter." in n)
+    single_image = sum(p.numel() for n, p in net.named_parameters() if ".adapter." not in n)
+    decoder = sum(p.numel() for p in net.sam_mask_decoder.parameters() if p.requires_grad)
+    assert adapters == 2_306_544
+    assert single_image == 31_440_721  # image encoder + SAM heads + no_mem_embed
+    assert sum(p.numel() for p in net.parameters() if p.requires_grad) == adapters + decoder
