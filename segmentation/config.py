@@ -285,6 +285,12 @@ def validate(raw: dict, source: str = "config") -> Config:
     _validate_sched(raw["sched"])
     train = _validate_dataclass("train", raw["train"], TrainConfig)
     evaluation = _validate_dataclass("eval", raw["eval"], EvalConfig)
+    from segmentation.metrics import higher_is_better
+
+    try:
+        higher_is_better(evaluation.metric)
+    except ValueError as err:
+        raise ConfigError(f"eval.metric: {err.args[0]}") from None
     if evaluation.empty not in ("one", "nan", "zero"):
         raise ConfigError(f"eval.empty = '{evaluation.empty}'; choose one, nan or zero.")
     return Config(raw=raw, train=train, eval=evaluation)

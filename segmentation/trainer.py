@@ -23,6 +23,7 @@ from segmentation.checkpoint import clean_state_dict, rng_state, set_rng_state, 
 from segmentation.config import Config
 from segmentation.data.loader import train_loader
 from segmentation.evaluation import evaluate_model
+from segmentation.metrics import higher_is_better, metric_value
 
 
 class Hook:
@@ -79,7 +80,8 @@ class Trainer:
         self.config, self.cfg, self.spec = config, config.train, spec
         self.device, self.hooks, self.collate_fn = device, list(hooks), collate_fn
         self.step = 0
-        self.best = {"metric": config.eval.metric, "value": -math.inf, "step": -1}
+        sign = 1.0 if higher_is_better(config.eval.metric) else -1.0
+        self.best = {"metric": config.eval.metric, "value": -sign * math.inf, "step": -1}
         self.last_metrics: dict = {}
         use_amp = self.cfg.amp == "on" or (self.cfg.amp == "auto" and device.type == "cuda")
         self.amp_dtype = torch.bfloat16 if device.type == "cpu" else torch.float16
@@ -127,7 +129,8 @@ class Trainer:
             if hasattr(unwrap(self.model), "compute_loss"):
                 loss, logs = unwrap(self.model).compute_loss(batch, self.loss_fn)
             else:
-                loss, logs = self.loss_fn(self.model(batch["image"]), batch["mask"]), {}
+                loss = self.loss_fn(self.model(batch["image"]), batch["mask"])
+                logs = {f"loss_{k}": v for k, v in getattr(self.loss_fn, "terms", {}).items()}
         if not torch.isfinite(loss):
             raise FloatingPointError(
                 f"non-finite loss ({loss.item()}) at step {self.step + 1}; "
@@ -163,12 +166,15 @@ class Trainer:
     def validate(self) -> dict:
         """Evaluate on the validation split, update ``best`` and notify hooks."""
         metrics = self.evaluate(self.val_set)
-        value = metrics["per_image"][self.best["metric"]]
-        improved = value > self.best["value"]
+        name = self.best["metric"]
+        # Stored as "higher is better" so hd95/assd select the lowest value.
+        sign = 1.0 if higher_is_better(name) else -1.0
+        value = metric_value(metrics, name)
+        improved = math.isfinite(value) and sign * value > sign * self.best["value"]
         if improved:
             self.best = {"metric": self.best["metric"], "value": value, "step": self.step}
         if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-            self.scheduler.step(value)
+            self.scheduler.step(sign * value)
         self.last_metrics = metrics
         for hook in self.hooks:
             hook.on_eval_end(self, metrics, improved)

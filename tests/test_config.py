@@ -113,3 +113,10 @@ def test_unknown_loss_dataset_optimizer():
         raw[section] = {**raw.get(section, {}), "name": name}
         with pytest.raises(ConfigError, match=f"(?i)did you mean '{hint}'"):
             validate(raw)
+
+
+def test_unknown_selection_metric():
+    raw = base()
+    raw["eval"] = {"metric": "dise"}
+    with pytest.raises(ConfigError, match="(?i)eval.metric.*did you mean 'dice'"):
+        validate(raw)
