@@ -188,7 +188,11 @@ def _measure_backend(run, backend: str, tensors, dev, warmup: int, repeat: int) 
             run(backend)
         row["first_call_s"] = time.perf_counter() - start
     except (ValueError, RuntimeError) as error:
-        row["note"] = str(error).split("cannot run: ")[-1][:48]
+        message = str(error)
+        row["note"] = "not implemented" if "not implemented" in message else message[-48:]
+        row["note"] = (
+            message.split("cannot run: ")[-1][:48] if "cannot run" in message else row["note"]
+        )
         return row
     with torch.no_grad():
         forward = time_callable(lambda: run(backend), device=dev, warmup=warmup, repeat=repeat)
