@@ -33,7 +33,7 @@ from segmentation.registry import DATASETS, LOSSES, NETWORKS, Registry
 SECTIONS = ("model", "data", "loss", "optim", "sched", "train", "eval")
 # Keys of the data section read by the library itself; every other key goes to the dataset
 # constructor.
-DATA_KEYS = ("name", "image_size", "augment")
+DATA_KEYS = ("name", "image_size", "augment", "preprocess", "extra_channels")
 _NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
 
 
@@ -199,6 +199,21 @@ def _validate_dataclass(section: str, values: dict, cls: type) -> Any:
     return cls(**values)
 
 
+def _validate_pipeline(spec: dict) -> None:
+    """``data.preprocess`` / ``data.extra_channels``: known names and arguments."""
+    from segmentation.data.transforms import build_transform
+
+    try:
+        build_transform(
+            image_size=None,
+            train=False,
+            preprocess=spec.get("preprocess") or (),
+            extra_channels=spec.get("extra_channels") or (),
+        )
+    except (KeyError, TypeError, ValueError) as err:
+        raise ConfigError(f"data.preprocess / data.extra_channels: {err.args[0]}") from None
+
+
 def _validate_optim(spec: dict) -> None:
     import torch
 
@@ -280,6 +295,7 @@ def validate(raw: dict, source: str = "config") -> Config:
     _validate_buildable(
         "data", raw["data"], DATASETS, reserved=DATA_KEYS, skip=("split", "transform")
     )
+    _validate_pipeline(raw["data"])
     _validate_buildable("loss", raw["loss"], LOSSES)
     _validate_optim(raw["optim"])
     _validate_sched(raw["sched"])

@@ -30,19 +30,28 @@ def build_dataset(config: Config, split: str, *, train: bool | None = None, over
     name = spec.pop("name")
     image_size = spec.pop("image_size", None)
     augment = spec.pop("augment", "default")
+    preprocess = spec.pop("preprocess", None) or ()
+    extra_channels = spec.pop("extra_channels", None) or ()
     target, _ = DATASETS.get(name)
     if "image_size" in DATASETS.accepted_kwargs(target) and image_size is not None:
         spec["image_size"] = image_size
     train = split == "train" if train is None else train
     transform = None
-    if image_size is not None:
+    if image_size is not None or preprocess or extra_channels:
         transform = build_transform(
             image_size=image_size,
             train=train,
             augment=augment if train else "none",
             seed=config.train.seed,
+            preprocess=preprocess,
+            extra_channels=extra_channels,
         )
-    return DATASETS.build(name, split=split, transform=transform, **spec)
+    dataset = DATASETS.build(name, split=split, transform=transform, **spec)
+    if extra_channels:  # appended by the transform, so the network input widens with them
+        from segmentation.data.channels import count_extra_channels
+
+        dataset.in_channels = dataset.in_channels + count_extra_channels(extra_channels)
+    return dataset
 
 
 def model_spec(config: Config, dataset) -> dict:

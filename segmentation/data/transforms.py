@@ -24,6 +24,9 @@ import cv2
 import numpy as np
 import torch
 
+from .channels import AppendChannels
+from .preprocess import build_preprocessing
+
 __all__ = [
     "AUGMENTATIONS",
     "IMAGENET_MEAN",
@@ -69,8 +72,8 @@ class SegmentationTransform:
     """Callable wrapper around an albumentations ``Compose`` that returns torch tensors.
 
     Call: ``transform(image, mask)`` with ``image`` uint8 ``[H, W, 3]`` RGB and ``mask`` uint8 ``[H,
-    W]`` in {0, 1}; returns ``(image float32 [3, H', W']`` ImageNet-normalised, ``mask int64 [H',
-    W'])``.
+    W]`` in {0, 1}; returns ``(image float32 [C, H', W']`` ImageNet-normalised (``C = 3`` plus any
+    extra channels), ``mask int64 [H', W'])``.
 
     Attributes:
         compose: the underlying ``albumentations.Compose``.
@@ -106,7 +109,13 @@ class SegmentationTransform:
 
 
 def build_transform(
-    *, image_size: int | None, train: bool, augment: str = "default", seed: int = 0
+    *,
+    image_size: int | None,
+    train: bool,
+    augment: str = "default",
+    seed: int = 0,
+    preprocess=(),
+    extra_channels=(),
 ) -> SegmentationTransform:
     """Build the train or validation pipeline.
 
@@ -118,6 +127,11 @@ def build_transform(
         augment: ``"default"`` (flips + affine rotate/scale/shift + colour jitter), ``"flips"`` or
             ``"none"``.
         seed: seed of the pipeline's private random generators.
+        preprocess: deterministic pre-processing steps run after the resize and before any
+            augmentation (names or ``{name, **kwargs}``, see ``segmentation.data.preprocess``).
+        extra_channels: channel extractors appended after ``Normalize`` (see
+            ``segmentation.data.channels``); the output then has ``3 + count_extra_channels``
+            channels.
 
     Returns:
         A :class:`SegmentationTransform`.
@@ -136,9 +150,12 @@ def build_transform(
                 mask_interpolation=cv2.INTER_NEAREST,
             )
         )
+    steps += build_preprocessing(preprocess)
     if train:
         steps += _augmentations(augment)
     steps.append(A.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD, max_pixel_value=255.0))
+    if extra_channels:
+        steps.append(AppendChannels(extra_channels, mean=IMAGENET_MEAN, std=IMAGENET_STD))
     return SegmentationTransform(A.Compose(steps, seed=seed), seed)
 
 
