@@ -29,3 +29,50 @@ def draw_contours(
         )
         cv2.drawContours(out, contours, -1, colour, thickness)
     return out
+
+
+def contour_thickness(shape: tuple[int, ...]) -> int:
+    """A contour width that stays visible on large images: 1 px per 256 px of the shorter side."""
+    return max(1, round(min(shape[:2]) / 256))
+
+
+def overlay_mask(
+    image: np.ndarray,
+    mask: np.ndarray,
+    *,
+    colour: tuple[int, int, int] = (255, 0, 0),
+    alpha: float = 0.25,
+    thickness: int | None = None,
+    reference: np.ndarray | None = None,
+    reference_colour: tuple[int, int, int] = (0, 255, 0),
+) -> np.ndarray:
+    """``uint8 [H, W, 3]`` RGB with the mask tinted (``alpha``) and outlined in ``colour``.
+
+    Args:
+        image: ``uint8 [H, W, 3]`` RGB.
+        mask: binary ``[H, W]`` (non-zero = lesion), same size as ``image``.
+        colour: RGB of the predicted outline and tint.
+        alpha: tint opacity inside the mask (0 disables the tint).
+        thickness: outline width in pixels; default :func:`contour_thickness`.
+        reference: optional ground-truth ``[H, W]`` outlined in ``reference_colour`` (no tint).
+    """
+    if mask.shape != image.shape[:2]:
+        raise ValueError(
+            f"mask {mask.shape} and image {image.shape[:2]} differ in size; resize the mask to the "
+            "image (nearest) first."
+        )
+    out = image.astype(np.float32)
+    inside = np.asarray(mask) > 0
+    out[inside] = (1 - alpha) * out[inside] + alpha * np.asarray(colour, dtype=np.float32)
+    out = out.round().astype(np.uint8)
+    masks = {colour: inside}
+    if reference is not None:
+        masks = {reference_colour: np.asarray(reference) > 0, **masks}
+    return draw_contours(out, masks, thickness or contour_thickness(image.shape))
+
+
+def colorize(values: np.ndarray, vmax: float, colormap: int = cv2.COLORMAP_INFERNO) -> np.ndarray:
+    """``float [H, W]`` in ``[0, vmax]`` -> ``uint8 [H, W, 3]`` RGB through an OpenCV colormap."""
+    scaled = np.clip(np.asarray(values, dtype=np.float32) / vmax, 0.0, 1.0)
+    bgr = cv2.applyColorMap((scaled * 255).round().astype(np.uint8), colormap)
+    return np.ascontiguousarray(bgr[..., ::-1])
