@@ -21,8 +21,8 @@ Registered extractors (:data:`CHANNELS`), all on the BT.601 luma of the image in
   (zero mean, unit standard deviation floored at 1e-3), since detail energy varies a lot between
   images.
 * ``lbp`` - rotation-invariant uniform local binary patterns (Ojala et al., IEEE TPAMI 2002) from
-  scikit-image with ``points`` neighbours at ``radius`` px; the ``points + 2`` codes are mapped
-  linearly to [-1, 1].
+  scikit-image with ``points`` neighbours at ``radius`` px (reflect-padded, so border pixels get
+  real codes); the ``points + 2`` codes are mapped linearly to [-1, 1].
 """
 
 from __future__ import annotations
@@ -80,7 +80,10 @@ def lbp_maps(rgb: np.ndarray, *, points: int = 8, radius: float = 1.0) -> np.nda
         ``float32 [H, W, 1]``.
     """
     gray = np.clip(_luma(rgb) * 255.0 + 0.5, 0, 255).astype(np.uint8)
-    codes = local_binary_pattern(gray, points, radius, method="uniform")  # values 0 .. P + 1
+    # scikit-image reads neighbours outside the image as 0; reflect-pad so borders get real codes
+    pad = int(np.ceil(radius)) + 1
+    padded = np.pad(gray, pad, mode="reflect")
+    codes = local_binary_pattern(padded, points, radius, method="uniform")[pad:-pad, pad:-pad]
     return (codes.astype(np.float32) * (2.0 / (points + 1)) - 1.0)[..., None]
 
 
