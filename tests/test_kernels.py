@@ -388,3 +388,16 @@ def test_onednn_linear_falls_back_for_float64_and_autocast():
     torch.testing.assert_close(fast(x), linear_stack().double()(x))
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert convert_linear(linear_stack())(torch.randn(3, 16)).dtype == torch.bfloat16
+
+
+def test_auto_policy_follows_the_documented_measurements():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert window_attention._auto(cpu, True, False) == "reference"
+    assert window_attention._auto(cpu, False, False) == "sdpa"
+    assert window_attention._auto(cpu, False, True) == "reference"
+    assert window_attention._auto(cuda, True, True) == "reference"
+    assert window_attention._auto(cuda, True, False) == "sdpa"
+    assert global_attention._auto(cpu, True) == "reference"
+    assert global_attention._auto(cpu, False) == "sdpa"
+    assert axial_attention._auto(cpu, False) == "reference"
+    assert axial_attention._auto(cuda, True) == "sdpa"

@@ -12,7 +12,23 @@ Backends:
     triton: not implemented for this operation (raises); sdpa already has fused CUDA kernels.
 
 Auto policy (``backend="auto"``; ``DERMSEG_ATTENTION_BACKEND`` overrides it):
-    AUTO_POLICY_MEASUREMENTS
+    - CPU, no grad: sdpa. CPU, grad: reference. Never flex on CPU (no backward; forward not faster
+      than sdpa and a 30-40 s compile per new shape).
+    - CUDA: sdpa (torch's fused kernels). Not measured here (no GPU).
+
+    Measured with ``tools/benchmark.py --kernel global --batch 8`` (torch 2.14.1, one thread, CPU
+    shared at load ~8, so +-30 %), ms, forward / forward+backward:
+
+    ====================== ============= ============= ===============
+    case                   reference     sdpa          flex (fwd only)
+    ====================== ============= ============= ===============
+    SAM-B windows + bias   572 / 1397    379 / 1249    352
+    SAM-B global + bias    174 / 180     54 / 274      168
+    SegDT-XS, 1024 tokens  891 / 2147    796 / 2673    1337
+    ====================== ============= ============= ===============
+
+    sdpa without a bias saves 5x less memory for backward (32 vs 152 MB for SegDT-XS) but was
+    slower here; switch with ``backend="sdpa"`` when memory, not time, is the limit.
 """
 
 from __future__ import annotations
@@ -76,6 +92,8 @@ def flex(q, k, v, bias=None, scale=None):
 
 
 def _auto(device: torch.device, grad: bool) -> str:
+    if device.type == "cpu":
+        return "reference" if grad else "sdpa"
     return "sdpa"
 
 

@@ -19,7 +19,28 @@ Backends:
 it), whatever the backend.
 
 Auto policy (``backend="auto"``; ``DERMSEG_ATTENTION_BACKEND`` overrides it):
-    AUTO_POLICY_MEASUREMENTS
+    - ``return_attn=True``: reference (the only path with the map).
+    - CPU, no grad: sdpa. CPU, grad: reference. Never flex on CPU (no backward; and its forward,
+      close to sdpa's, costs a 2-40 s compile per new shape).
+    - CUDA: sdpa. Not measured (no GPU here): chosen as torch's maintained fused kernels; select
+      ``triton`` or ``flex`` explicitly and measure with ``tools/benchmark.py`` before changing it.
+
+    Measured with ``tools/benchmark.py --kernel window_attention --batch 8`` (torch 2.14.1, one
+    thread, CPU shared with other jobs at load 3-10, so +-30 %), ms, forward / forward+backward
+    (q, k, v and bias requiring grad), Swin-T at 224:
+
+    ========== ================= ================ ===============
+    stage      reference         sdpa             flex (fwd only)
+    ========== ================= ================ ===============
+    56, 3 h    37-92 / 178-200   55-56 / 208-245  63 (490 packed)
+    28, 6 h    28-36 / 69-90     20-24 / 88-112   26-39
+    14, 12 h   12-26 / 31-53     8-16 / 16-67     30
+    7, 24 h    6-26 / 17-55      2-22 / 21-64     27
+    ========== ================= ================ ===============
+
+    With a bias that requires grad, CPU sdpa falls back to its math path (it saves the same
+    ``[.., N, N]`` maps as the reference: 41.6 MB at stage 1) and adds overhead, hence reference
+    for training.
 """
 
 from __future__ import annotations
@@ -204,8 +225,8 @@ def triton(q, k, v, bias=None, mask=None, scale=None):
 def _auto(device: torch.device, grad: bool, return_attn: bool) -> str:
     if return_attn:
         return "reference"
-    if device.type == "cuda":
-        return "sdpa"
+    if device.type == "cpu":
+        return "reference" if grad else "sdpa"
     return "sdpa"
 
 
