@@ -401,3 +401,23 @@ def test_auto_policy_follows_the_documented_measurements():
     assert global_attention._auto(cpu, False) == "sdpa"
     assert axial_attention._auto(cpu, False) == "reference"
     assert axial_attention._auto(cuda, True) == "sdpa"
+
+
+@needs_onednn
+def test_onednn_linear_non_contiguous_input_and_expanded_gradient():
+    plain = torch.nn.Linear(16, 8)
+    fast = convert_linear(torch.nn.Linear(16, 8))
+    fast.load_state_dict(plain.state_dict())
+    x = torch.randn(4, 16, 6).transpose(1, 2)  # (4, 6, 16), not contiguous
+    xa, xb = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    out_a, out_b = plain(xa), fast(xb)
+    torch.testing.assert_close(out_b, out_a, **TOL)
+    out_a.sum().backward()  # sum's backward hands an expanded (stride-0) gradient
+    out_b.sum().backward()
+    torch.testing.assert_close(xb.grad, xa.grad, **TOL)
+    torch.testing.assert_close(fast.weight.grad, plain.weight.grad, **TOL)
+
+
+def test_onednn_linear_shape_error_is_the_usual_one():
+    with pytest.raises(RuntimeError, match="cannot be multiplied"):
+        convert_linear(torch.nn.Linear(16, 8))(torch.randn(3, 12))

@@ -70,6 +70,7 @@ def _use_onednn(x: torch.Tensor, weight: torch.Tensor) -> bool:
         and x.dtype == torch.float32
         and weight.dtype == torch.float32
         and x.dim() >= 2
+        and x.shape[-1] == weight.shape[1]  # else F.linear raises its familiar shape error
         and not torch.is_autocast_enabled("cpu")
         and not torch.compiler.is_compiling()
     )
