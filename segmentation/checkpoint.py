@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -92,6 +94,48 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def link_atomically(source: Path, target: Path) -> None:
+    """Make ``target`` name the same file as ``source`` (hard link, copy where links fail),
+    atomically."""
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    if tmp.exists():
+        tmp.unlink()
+    try:
+        os.link(source, tmp)
+    except OSError:
+        shutil.copyfile(source, tmp)
+    os.replace(tmp, target)
+
+
+def remove_partial_files(folder: Path) -> list[Path]:
+    """Delete temp files a killed writer left behind (``.NAME.tmp-PID``); return them."""
+    leftovers = sorted(Path(folder).glob(".*.tmp-*")) if Path(folder).is_dir() else []
+    for path in leftovers:
+        path.unlink()
+    return leftovers
+
+
+def find_resumable(run_dir: str | Path) -> Path | None:
+    """The newest complete checkpoint of a run (``last.pt``, then ``step_*.pt`` newest first).
+
+    Unreadable (e.g. truncated) files are skipped with a warning. ``None`` when nothing is usable.
+    """
+    folder = Path(run_dir) / "checkpoints"
+    candidates = [folder / "last.pt", *sorted(folder.glob("step_*.pt"), reverse=True)]
+    best: tuple[int, Path] | None = None
+    for path in candidates:
+        if not path.is_file():
+            continue
+        try:
+            step = load_checkpoint(path)["step"]
+        except RuntimeError as err:
+            warnings.warn(f"skipping unusable checkpoint: {err}", stacklevel=2)
+            continue
+        if best is None or step > best[0]:
+            best = (step, path)
+    return None if best is None else best[1]
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

@@ -33,7 +33,15 @@ from segmentation.registry import DATASETS, LOSSES, NETWORKS, Registry
 SECTIONS = ("model", "data", "loss", "optim", "sched", "train", "eval")
 # Keys of the data section read by the library itself; every other key goes to the dataset
 # constructor.
-DATA_KEYS = ("name", "image_size", "augment", "preprocess", "extra_channels")
+DATA_KEYS = (
+    "name",
+    "image_size",
+    "augment",
+    "preprocess",
+    "extra_channels",
+    "on_error",
+    "max_skip_fraction",
+)
 _NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
 
 
@@ -60,6 +68,18 @@ class TrainConfig:
         onednn_linear: route ``nn.Linear`` through oneDNN on CPU (kernels issue; same weights).
         compile: wrap the model with ``torch.compile`` after moving it to the device.
         image_panel_every: TensorBoard image panel period in steps (0 disables).
+        grad_accum: micro-batches per optimisation step (effective batch = batch_size x processes
+            x grad_accum).
+        sync_bn: convert BatchNorm layers to SyncBatchNorm under DDP.
+        lr_scaling: ``none`` (use optim.lr as written), ``linear`` or ``sqrt``: multiply optim.lr by
+            the number of processes (or its square root), i.e. relative to a one-process run with
+            the same per-process batch. The rule used is printed at start.
+        nonfinite: on a non-finite loss or gradient, ``stop`` (raise before the update) or ``skip``
+            the update (counted in metrics.json).
+        max_nonfinite: consecutive skipped steps after which training stops anyway.
+        keep_checkpoints: keep this many ``step_*.pt`` files besides ``last.pt``/``best.pt``.
+        deterministic: ``torch.use_deterministic_algorithms`` (+ cuDNN determinism); two runs with
+            the same seed then give identical results on the same hardware.
     """
 
     steps: int = 1000
@@ -75,6 +95,13 @@ class TrainConfig:
     onednn_linear: bool = False
     compile: bool = False
     image_panel_every: int = 500
+    grad_accum: int = 1
+    sync_bn: bool = False
+    lr_scaling: str = "none"
+    nonfinite: str = "stop"
+    max_nonfinite: int = 10
+    keep_checkpoints: int = 3
+    deterministic: bool = False
 
 
 @dataclass(frozen=True)
@@ -307,6 +334,18 @@ def validate(raw: dict, source: str = "config") -> Config:
         higher_is_better(evaluation.metric)
     except ValueError as err:
         raise ConfigError(f"eval.metric: {err.args[0]}") from None
+    for key, value, choices in [
+        ("train.amp", train.amp, ("auto", "on", "off")),
+        ("train.lr_scaling", train.lr_scaling, ("none", "linear", "sqrt")),
+        ("train.nonfinite", train.nonfinite, ("stop", "skip")),
+        ("data.on_error", raw["data"].get("on_error", "raise"), ("raise", "skip")),
+        ("eval.boundary_definition", evaluation.boundary_definition, ("monai", "medpy")),
+    ]:
+        if value not in choices:
+            raise ConfigError(f"{key} = '{value}'; choose one of {', '.join(choices)}.")
+    for key in ("steps", "batch_size", "eval_every", "log_every", "checkpoint_every", "grad_accum"):
+        if getattr(train, key) < 1:
+            raise ConfigError(f"train.{key} = {getattr(train, key)}; it must be at least 1.")
     if evaluation.empty not in ("one", "nan", "zero"):
         raise ConfigError(f"eval.empty = '{evaluation.empty}'; choose one, nan or zero.")
     return Config(raw=raw, train=train, eval=evaluation)

@@ -18,6 +18,7 @@ from torch import nn
 
 from segmentation.checkpoint import unwrap
 from segmentation.data.loader import eval_loader
+from segmentation.distributed import SINGLE_PROCESS, DistInfo, gather_states, shard
 from segmentation.metrics import SegmentationMetrics
 
 
@@ -43,6 +44,7 @@ def evaluate_model(
     num_workers: int = 0,
     autocast=nullcontext,
     predictor=predict_logits,
+    dist_info: DistInfo = SINGLE_PROCESS,
 ) -> tuple[dict, list[dict]]:
     """Evaluate ``model`` on every image of ``dataset``.
 
@@ -56,7 +58,11 @@ def evaluate_model(
         collate_fn, num_workers: loader settings.
         autocast: context factory used around the forward pass.
         predictor: ``(model, image) -> logits``; replaceable (test-time augmentation, sliding
-        window).
+            window). Prompted networks whose ``prompt_source`` is ``"oracle"`` are instead given
+            the ground-truth mask as prompt, and the result is labelled with their
+            ``prompt_description`` under ``"prompt"`` (never comparable with automatic methods).
+        dist_info: under DDP each rank evaluates a contiguous shard and the metric states are
+            gathered exactly (integer counts and rows concatenated in rank order).
 
     Returns:
         ``(metrics, rows)``: the metric dict (``per_image``, ``global``, ``n_images``, ...) and one
@@ -71,12 +77,27 @@ def evaluate_model(
         assd_definition=eval_config.boundary_definition,
     )
     loader = eval_loader(
-        dataset, batch_size=eval_config.batch_size, num_workers=num_workers, collate_fn=collate_fn
+        shard(dataset, dist_info),
+        batch_size=eval_config.batch_size,
+        num_workers=num_workers,
+        collate_fn=collate_fn,
     )
+    net = unwrap(model)
+    oracle = getattr(net, "prompt_source", None) == "oracle"
     for batch in loader:
         image = batch["image"].to(device)
         with autocast():
-            logits = predictor(model, image)
+            if oracle:
+                logits = net.predict(image, prompt_mask=batch["mask"].to(device))
+            else:
+                logits = predictor(model, image)
         meter.update(logits.float().cpu(), batch["mask"], ids=batch["id"], meta=batch["meta"])
     model.train(was_training)
-    return meter.compute(), meter.rows()
+    if dist_info.enabled:
+        states = gather_states(meter.state(), dist_info)
+        meter.reset()
+        meter.merge(*states)
+    metrics = meter.compute()
+    if hasattr(net, "prompt_description"):
+        metrics["prompt"] = net.prompt_description
+    return metrics, meter.rows()

@@ -10,6 +10,7 @@ disagreement is an error.
 from __future__ import annotations
 
 import inspect
+import warnings
 
 import torch
 from torch import nn
@@ -32,6 +33,8 @@ def build_dataset(config: Config, split: str, *, train: bool | None = None, over
     augment = spec.pop("augment", "default")
     preprocess = spec.pop("preprocess", None) or ()
     extra_channels = spec.pop("extra_channels", None) or ()
+    on_error = spec.pop("on_error", "raise")
+    max_skip_fraction = spec.pop("max_skip_fraction", 0.05)
     target, _ = DATASETS.get(name)
     if "image_size" in DATASETS.accepted_kwargs(target) and image_size is not None:
         spec["image_size"] = image_size
@@ -51,6 +54,20 @@ def build_dataset(config: Config, split: str, *, train: bool | None = None, over
         from segmentation.data.channels import count_extra_channels
 
         dataset.in_channels = dataset.in_channels + count_extra_channels(extra_channels)
+    dataset.skipped = []
+    if on_error == "skip" and hasattr(dataset, "exclude_unreadable"):
+        total = len(dataset)
+        dataset.skipped = dataset.exclude_unreadable()
+        for item in dataset.skipped:
+            warnings.warn(
+                f"data.on_error=skip: skipped {item['id']}: {item['error']}", stacklevel=2
+            )
+        if len(dataset.skipped) > max_skip_fraction * total:
+            raise ConfigError(
+                f"{len(dataset.skipped)} of {total} {split} images of '{name}' are unreadable or "
+                f"broken (more than data.max_skip_fraction = {max_skip_fraction}); the first: "
+                f"{dataset.skipped[0]['error']}. Repair the data or raise the threshold."
+            )
     return dataset
 
 
@@ -133,43 +150,58 @@ def seed_everything(seed: int) -> None:
 
 def run_training(config: Config, run_dir, *, resume: dict | None = None, extra_hooks=()) -> dict:
     """Train ``config`` into ``run_dir`` (``config.yaml``, ``checkpoints/``, ``tb/``,
-    ``metrics.json``).
+    ``metrics.json``); under ``torchrun`` every process calls this and only rank 0 writes.
 
     Args:
         config: validated experiment config.
         run_dir: output folder.
         resume: a checkpoint dict to continue from (its step, optimizer, RNG states...).
-        extra_hooks: hooks appended after the standard ones.
+        extra_hooks: hooks appended after the standard ones (main process only).
 
     Returns:
         The final validation metrics.
     """
     import json
+    import math
     from pathlib import Path
 
     from segmentation.config import dump_config
     from segmentation.data import collate
+    from segmentation.distributed import init_distributed
     from segmentation.hooks import CheckpointHook, ConsoleHook, TensorBoardHook
     from segmentation.trainer import Trainer
 
+    dist_info = init_distributed()
+    cfg = config.train
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    dump_config(config, run_dir / "config.yaml")
-    seed_everything(config.train.seed)
+    if dist_info.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        dump_config(config, run_dir / "config.yaml")
+    set_determinism(cfg.deterministic)
+    seed_everything(cfg.seed)
     train_set = build_dataset(config, "train")
     val_set = build_dataset(config, "val")
     spec = model_spec(config, train_set)
     model = build_model(spec)
-    device = resolve_device(config.train.device)
+    device = resolve_device(cfg.device)
+    if device.type == "cuda" and dist_info.enabled:
+        device = torch.device("cuda", dist_info.local_rank)
+    if cfg.sync_bn and dist_info.enabled:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(device)
-    if config.train.onednn_linear:
+    if cfg.onednn_linear:
         from networks.kernels.linear import convert_linear
 
         convert_linear(model)
     optimizer = build_optimizer(config, model)
+    factor = {"none": 1.0, "linear": dist_info.world_size, "sqrt": math.sqrt(dist_info.world_size)}
+    for group in optimizer.param_groups:
+        group["lr"] *= factor[cfg.lr_scaling]
+        group["initial_lr"] = group["lr"]
     scheduler = build_scheduler(config, optimizer)
+    hooks = [CheckpointHook(run_dir), TensorBoardHook(run_dir), ConsoleHook(), *extra_hooks]
     trainer = Trainer(
-        model=torch.compile(model) if config.train.compile else model,
+        model=torch.compile(model) if cfg.compile else model,
         loss_fn=build_loss(config),
         optimizer=optimizer,
         scheduler=scheduler,
@@ -178,14 +210,44 @@ def run_training(config: Config, run_dir, *, resume: dict | None = None, extra_h
         config=config,
         spec=spec,
         device=device,
-        hooks=[CheckpointHook(run_dir), TensorBoardHook(run_dir), ConsoleHook(), *extra_hooks],
+        hooks=hooks if dist_info.is_main else [],
         collate_fn=collate,
+        dist_info=dist_info,
     )
+    if dist_info.is_main:
+        effective = cfg.batch_size * dist_info.world_size * cfg.grad_accum
+        print(
+            f"{spec['name']}: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters "
+            f"on {device}; effective batch {effective} = {cfg.batch_size} per process x "
+            f"{dist_info.world_size} process(es) x {cfg.grad_accum} accumulation step(s); "
+            f"learning-rate scaling '{cfg.lr_scaling}' (x{factor[cfg.lr_scaling]:g} -> "
+            f"{optimizer.param_groups[0]['lr']:.3g})"
+        )
     if resume is not None:
         trainer.load_state_dict(resume)
     metrics = trainer.fit()
     if not metrics:  # resumed at the final step: nothing left to train, report the current model
         metrics = trainer.evaluate(val_set)
-    payload = {"split": "val", "step": trainer.step, "best": trainer.best, **metrics}
-    (run_dir / "metrics.json").write_text(json.dumps(payload, indent=2))
+    if dist_info.is_main:
+        payload = {
+            "split": "val",
+            "step": trainer.step,
+            "stopped_by": trainer.stop_reason,
+            "best": trainer.best,
+            "nonfinite_steps_skipped": trainer.counters["nonfinite_steps"],
+            "skipped_files": {"train": train_set.skipped, "val": val_set.skipped},
+            **metrics,
+        }
+        (run_dir / "metrics.json").write_text(json.dumps(payload, indent=2))
     return metrics
+
+
+def set_determinism(enabled: bool) -> None:
+    """``train.deterministic``: deterministic kernels (errors on ops that have none) and cuDNN."""
+    import os
+
+    if enabled:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(enabled)
+    torch.backends.cudnn.deterministic = enabled
+    torch.backends.cudnn.benchmark = False

@@ -9,24 +9,37 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from segmentation.checkpoint import save_checkpoint
+from segmentation.checkpoint import link_atomically, remove_partial_files, save_checkpoint
 from segmentation.trainer import Hook, Trainer
 
 
 class CheckpointHook(Hook):
-    """Writes ``checkpoints/last.pt`` every ``train.checkpoint_every`` steps and at the end, and
-    ``checkpoints/best.pt`` whenever the validation metric improves (atomic writes)."""
+    """Checkpoints every ``train.checkpoint_every`` steps, at the end and on a stop signal:
+    ``checkpoints/step_<N>.pt`` (the newest ``train.keep_checkpoints`` are kept) and
+    ``checkpoints/last.pt`` (a hard link to the newest); ``checkpoints/best.pt`` whenever the
+    validation metric improves. Every file appears atomically (temp file + rename), so a kill at
+    any moment leaves only complete checkpoints."""
 
     def __init__(self, run_dir: str | Path) -> None:
         self.dir = Path(run_dir) / "checkpoints"
+
+    def on_fit_start(self, trainer: Trainer) -> None:
+        remove_partial_files(self.dir)
 
     def on_eval_end(self, trainer: Trainer, metrics: dict, improved: bool) -> None:
         if improved:
             save_checkpoint(self.dir / "best.pt", trainer.state_dict())
 
     def on_step_end(self, trainer: Trainer, logs: dict[str, float]) -> None:
-        if trainer.step % trainer.cfg.checkpoint_every == 0 or trainer.step == trainer.cfg.steps:
-            save_checkpoint(self.dir / "last.pt", trainer.state_dict())
+        step = trainer.step
+        if step % trainer.cfg.checkpoint_every and step != trainer.cfg.steps:
+            if not trainer.stop_reason:
+                return
+        path = self.dir / f"step_{step:08d}.pt"
+        save_checkpoint(path, trainer.state_dict())
+        link_atomically(path, self.dir / "last.pt")
+        for old in sorted(self.dir.glob("step_*.pt"))[: -trainer.cfg.keep_checkpoints]:
+            old.unlink()
 
 
 class TensorBoardHook(Hook):
@@ -111,3 +124,8 @@ class ConsoleHook(Hook):
 
     def on_fit_end(self, trainer: Trainer) -> None:
         self.bar.close()
+        if trainer.stop_reason:
+            print(
+                f"stopped by {trainer.stop_reason} at step {trainer.step}; checkpoint written, "
+                "continue with tools/train.py --resume RUN_DIR"
+            )

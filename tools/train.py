@@ -19,7 +19,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
-    parser.add_argument("--cfg", help="experiment YAML (not needed with --resume)")
+    parser.add_argument("--cfg", help="experiment YAML (not needed with --resume RUN_DIR)")
     parser.add_argument(
         "--set",
         action="append",
@@ -29,38 +29,53 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--out", help="run folder (default runs/<config name>-<time>)")
     parser.add_argument(
-        "--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from last.pt"
+        "--resume",
+        metavar="RUN_DIR|auto",
+        help="continue RUN_DIR from its newest complete checkpoint; 'auto' (with --cfg and --out) "
+        "resumes --out when it holds a checkpoint and starts fresh otherwise",
     )
     args = parser.parse_args(argv)
 
-    from segmentation.checkpoint import load_checkpoint
+    from segmentation.checkpoint import find_resumable, load_checkpoint
     from segmentation.config import ConfigError, load_config
+    from segmentation.distributed import init_distributed, shutdown
     from segmentation.experiment import run_training
 
+    main_process = init_distributed().is_main
+    log = print if main_process else (lambda *a, **k: None)
     try:
-        if args.resume:
+        ckpt = None
+        if args.resume and args.resume != "auto":
             run_dir = Path(args.resume)
-            ckpt = load_checkpoint(run_dir / "checkpoints" / "last.pt")
+            path = find_resumable(run_dir)
+            if path is None:
+                raise FileNotFoundError(f"no complete checkpoint in {run_dir / 'checkpoints'}")
+            ckpt = load_checkpoint(path)
             config = load_config(run_dir / "config.yaml", args.set)
-            print(f"resuming {run_dir} from step {ckpt['step']}")
+            log(f"resuming {run_dir} from {path.name} (step {ckpt['step']})")
         elif args.cfg:
             config = load_config(args.cfg, args.set)
             stamp = time.strftime("%Y%m%d-%H%M%S")
             run_dir = Path(args.out or f"runs/{Path(args.cfg).stem}-{stamp}")
-            if (run_dir / "checkpoints").exists():
-                parser.error(
-                    f"{run_dir} already holds checkpoints; use --resume {run_dir} or another --out"
+            path = find_resumable(run_dir) if args.resume == "auto" else None
+            if path is not None:
+                ckpt = load_checkpoint(path)
+                log(f"resuming {run_dir} from {path.name} (step {ckpt['step']})")
+            elif (run_dir / "checkpoints").exists() and args.resume != "auto":
+                raise FileExistsError(
+                    f"{run_dir} already holds checkpoints; use --resume {run_dir}, "
+                    "--resume auto, or another --out"
                 )
-            ckpt = None
         else:
             parser.error("give --cfg FILE (new run) or --resume RUN_DIR")
-    except (ConfigError, FileNotFoundError, RuntimeError) as err:
+    except (ConfigError, FileNotFoundError, FileExistsError, RuntimeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     start = time.time()
     metrics = run_training(config, run_dir, resume=ckpt)
+    shutdown()
     minutes = (time.time() - start) / 60
-    print(
+    log(
         f"done in {minutes:.1f} min: val per-image dice {metrics['per_image']['dice']:.4f}, "
         f"iou {metrics['per_image']['iou']:.4f}; run folder {run_dir}"
     )
@@ -68,4 +83,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    from segmentation.runtime import ensure_malloc_env
+
+    ensure_malloc_env()
     sys.exit(main())

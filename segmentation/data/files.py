@@ -178,6 +178,31 @@ class FileSegmentationDataset(Dataset):
             )
         return image, mask, dict(rec.get("meta", {}))
 
+    def exclude_unreadable(self) -> list[dict]:
+        """Read every item once and drop those that fail (unreadable or corrupt image or mask, mask
+        of the wrong size); the ``data.on_error: skip`` policy.
+
+        Returns:
+            One ``{"id", "image", "mask", "error"}`` per excluded item (the error names the file).
+        """
+        keep, skipped = [], []
+        for index, rec in enumerate(self.records):
+            try:
+                self.load(index)
+                keep.append(rec)
+            except (OSError, ValueError) as err:
+                skipped.append(
+                    {
+                        "id": str(rec["id"]),
+                        "image": str(rec["image"]),
+                        "mask": str(rec["mask"]),
+                        "error": str(err),
+                    }
+                )
+        self.records = keep
+        self.ids = [str(rec["id"]) for rec in keep]
+        return skipped
+
     def __getitem__(self, index: int) -> dict:
         image, mask, meta = self.load(index)
         image_t, mask_t = self.transform(image, mask)

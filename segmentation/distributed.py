@@ -1,0 +1,130 @@
+"""PyTorch distributed (DDP) helpers: process-group set-up from ``torchrun``'s environment,
+evaluation
+sharding, exact metric gathering, and signal handling.
+
+``torchrun --nproc_per_node N tools/train.py --cfg ...`` sets ``RANK``, ``WORLD_SIZE``,
+``LOCAL_RANK`` and the
+rendezvous address; multi-node runs add ``--nnodes``/``--node_rank``/``--rdzv_endpoint``. Without
+those
+variables everything here degrades to a single process.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch.utils.data import Subset
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    """This process's place in the job."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        """Only the main process writes logs, checkpoints and results."""
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+SINGLE_PROCESS = DistInfo()
+
+
+def init_distributed() -> DistInfo:
+    """Join the process group described by ``torchrun``'s environment (``nccl`` on CUDA, else
+    ``gloo``).
+
+    Returns a single-process :class:`DistInfo` when ``WORLD_SIZE`` is unset or 1.
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistInfo()
+    info = DistInfo(
+        rank=int(os.environ["RANK"]),
+        world_size=world,
+        local_rank=int(os.environ.get("LOCAL_RANK", "0")),
+    )
+    if not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if backend == "nccl":
+            torch.cuda.set_device(info.local_rank)
+        dist.init_process_group(backend=backend)
+    return info
+
+
+def shutdown() -> None:
+    """Leave the process group (if any)."""
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def shard(dataset, info: DistInfo):
+    """Contiguous, non-padded slice of an evaluation set for this rank.
+
+    Contiguous blocks concatenated in rank order give the original order, so gathered per-image rows
+    (and any float sums over them) are identical to a single-process evaluation; no image is
+    repeated.
+    """
+    if not info.enabled:
+        return dataset
+    n = len(dataset)
+    start, stop = n * info.rank // info.world_size, n * (info.rank + 1) // info.world_size
+    return Subset(dataset, range(start, stop))
+
+
+def gather_states(state: dict, info: DistInfo) -> list[dict]:
+    """Every rank's metric state (``SegmentationMetrics.state()``), in rank order."""
+    if not info.enabled:
+        return [state]
+    states: list = [None] * info.world_size
+    dist.all_gather_object(states, state)
+    return states
+
+
+def all_reduce_flag(flag: bool, info: DistInfo) -> bool:
+    """True on every rank when any rank raised ``flag`` (stop requests, non-finite steps)."""
+    if not info.enabled:
+        return flag
+    tensor = torch.tensor([int(flag)])
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return bool(tensor.item())
+
+
+class StopRequest:
+    """Turns SIGTERM/SIGINT into a flag the training loop checks after each step.
+
+    The loop then writes a final checkpoint and exits cleanly; a second signal exits at once.
+    """
+
+    def __init__(self) -> None:
+        self.requested: str | None = None
+        self._previous: dict[int, object] = {}
+
+    def __enter__(self) -> StopRequest:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread: signals cannot be caught here
+                pass
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested is not None:
+            raise KeyboardInterrupt
+        self.requested = signal.Signals(signum).name
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)

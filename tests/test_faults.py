@@ -1,0 +1,235 @@
+"""DDP, fault tolerance, bad data and determinism (issue: scale out and survive faults)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from segmentation.checkpoint import find_resumable, load_checkpoint
+from segmentation.config import ConfigError, dump_config, validate
+from segmentation.experiment import run_training
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "DERMSEG_NO_MALLOC_TUNING": "1"}
+
+
+def tiny(steps=4, data=None, **train):
+    return validate(
+        {
+            "model": {"name": "unet_tiny"},
+            "data": data
+            or {"name": "synthetic", "image_size": 32, "n_train": 16, "n_val": 6, "n_test": 4},
+            "optim": {"name": "adamw", "lr": 1.0e-3},
+            "sched": {"name": "warmup_cosine", "warmup_steps": 1},
+            "train": {
+                "steps": steps,
+                "batch_size": 4,
+                "eval_every": 2,
+                "checkpoint_every": 2,
+                "image_panel_every": 0,
+                **train,
+            },
+            "eval": {"batch_size": 4, "boundary": False},
+        }
+    )
+
+
+def run_cli(*args, timeout=600):
+    return subprocess.run(
+        [sys.executable, *args], cwd=ROOT, capture_output=True, text=True, env=ENV, timeout=timeout
+    )
+
+
+def same_weights(a: Path, b: Path) -> None:
+    wa, wb = load_checkpoint(a)["model"], load_checkpoint(b)["model"]
+    for key, value in wa.items():
+        assert torch.equal(value, wb[key]), f"{key} differs"
+
+
+def test_torchrun_two_processes_match_single_process_evaluation(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    dump_config(tiny(steps=2), cfg)
+    run = tmp_path / "ddp"
+    out = run_cli(
+        "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+        "tools/train.py", "--cfg", str(cfg), "--out", str(run),
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "effective batch 8 = 4 per process x 2 process(es)" in out.stdout
+    ddp = json.loads((run / "metrics.json").read_text())
+    ev = tmp_path / "eval"
+    out = run_cli(
+        "tools/evaluate.py", "--ckpt", str(run / "checkpoints" / "last.pt"),
+        "--split", "val", "--out", str(ev), "--no-boundary",
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    single = json.loads((ev / "metrics.json").read_text())
+    assert ddp["n_images"] == single["n_images"] == 6
+    for key in ("dice", "iou", "thresholded_jaccard", "sensitivity", "accuracy"):
+        assert ddp["per_image"][key] == single["per_image"][key], key
+    assert ddp["global"] == single["global"]
+
+
+KILL_DURING_SECOND_SAVE = """
+import os, signal, sys
+sys.path.insert(0, {root!r})
+import torch
+import segmentation.checkpoint as ck
+calls = {{"n": 0}}
+real_save = torch.save
+def dying_save(obj, f, *a, **k):
+    calls["n"] += 1
+    if calls["n"] == {kill_at}:
+        f.write(b"PK partial checkpoint")
+        f.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real_save(obj, f, *a, **k)
+ck.torch.save = dying_save
+sys.argv = ["train.py", "--cfg", {cfg!r}, "--out", {out!r}]
+sys.path.insert(0, {tools!r})
+import train
+sys.exit(train.main(sys.argv[1:]))
+"""
+
+
+def test_sigkill_during_checkpoint_write_then_resume_matches(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    dump_config(tiny(steps=6), cfg)
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    assert run_cli("tools/train.py", "--cfg", str(cfg), "--out", str(straight)).returncode == 0
+    # torch.save calls: step 2 -> best.pt, step_2.pt; step 4 -> best.pt?, step_4.pt ... kill in
+    # the third write, which is during step 4's checkpoints.
+    script = KILL_DURING_SECOND_SAVE.format(
+        root=str(ROOT), tools=str(ROOT / "tools"), cfg=str(cfg), out=str(killed), kill_at=3
+    )
+    out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=ENV, capture_output=True)
+    assert out.returncode == -signal.SIGKILL
+    assert list((killed / "checkpoints").glob(".*.tmp-*")), "the kill should leave a partial file"
+    assert load_checkpoint(find_resumable(killed))["step"] == 2
+    out = run_cli("tools/train.py", "--resume", str(killed))
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "from last.pt (step 2)" in out.stdout
+    assert not list((killed / "checkpoints").glob(".*.tmp-*"))
+    same_weights(straight / "checkpoints" / "last.pt", killed / "checkpoints" / "last.pt")
+
+
+def test_sigterm_writes_a_final_checkpoint_and_exits_cleanly(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    dump_config(tiny(steps=400, checkpoint_every=200, eval_every=200), cfg)
+    run = tmp_path / "run"
+    proc = subprocess.Popen(
+        [sys.executable, "tools/train.py", "--cfg", str(cfg), "--out", str(run)],
+        cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.time() + 300
+    while not (run / "tb").exists() and time.time() < deadline:
+        time.sleep(0.2)
+    time.sleep(3)
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0, stderr[-3000:]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["stopped_by"] == "SIGTERM"
+    step = load_checkpoint(run / "checkpoints" / "last.pt")["step"]
+    assert 0 < step < 400 and metrics["step"] == step
+    assert "stopped by SIGTERM" in stdout
+
+
+def test_resume_auto_skips_a_truncated_checkpoint_and_keeps_last_k(tmp_path):
+    run_training(tiny(steps=8, keep_checkpoints=2), tmp_path)
+    folder = tmp_path / "checkpoints"
+    assert sorted(p.name for p in folder.glob("step_*.pt")) == [
+        "step_00000006.pt",
+        "step_00000008.pt",
+    ]
+    # Replace last.pt (a link to step 8) and step 8 by truncated files.
+    for name in ("last.pt", "step_00000008.pt"):
+        data = (folder / name).read_bytes()
+        (folder / name).unlink()
+        (folder / name).write_bytes(data[:500])
+    with pytest.warns(UserWarning, match="unreadable or truncated"):
+        path = find_resumable(tmp_path)
+    assert path.name == "step_00000006.pt"
+    cfg = tmp_path / "c.yaml"
+    dump_config(tiny(steps=8, keep_checkpoints=2), cfg)
+    out = run_cli("tools/train.py", "--cfg", str(cfg), "--out", str(tmp_path), "--resume", "auto")
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "from step_00000006.pt (step 6)" in out.stdout
+    assert load_checkpoint(folder / "last.pt")["step"] == 8
+
+
+def write_folder(root: Path, n: int = 10) -> None:
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        (root / split / "images").mkdir(parents=True)
+        (root / split / "masks").mkdir(parents=True)
+        for i in range(n):
+            image = rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)
+            mask = np.zeros((32, 32), np.uint8)
+            mask[8:20, 8:20] = 255
+            cv2.imwrite(str(root / split / "images" / f"img{i:02d}.png"), image)
+            cv2.imwrite(str(root / split / "masks" / f"img{i:02d}.png"), mask)
+    (root / "train" / "images" / "img03.png").write_bytes(b"not a png")
+    cv2.imwrite(str(root / "train" / "masks" / "img05.png"), np.zeros((16, 16), np.uint8))
+
+
+def test_bad_data_raise_names_the_file_and_skip_reports_two(tmp_path):
+    write_folder(tmp_path / "data")
+    data = {"name": "paired_folder", "root": str(tmp_path / "data"), "image_size": 32}
+    with pytest.raises(ValueError, match=r"img0[35]\.png"):
+        run_training(tiny(steps=4, data=data), tmp_path / "raise")
+    data_skip = {**data, "on_error": "skip", "max_skip_fraction": 0.25}
+    with pytest.warns(UserWarning, match="skipped img03"):
+        run_training(tiny(steps=4, data=data_skip), tmp_path / "skip")
+    metrics = json.loads((tmp_path / "skip" / "metrics.json").read_text())
+    skipped = metrics["skipped_files"]["train"]
+    assert sorted(item["id"] for item in skipped) == ["img03", "img05"]
+    assert any("16x16" in item["error"] for item in skipped)
+    with pytest.raises(ConfigError, match="more than data.max_skip_fraction"):
+        run_training(tiny(steps=4, data={**data_skip, "max_skip_fraction": 0.1}), tmp_path / "x")
+
+
+def nan_loss_at(steps):
+    calls = {"n": 0}
+
+    def loss(logits, mask):
+        calls["n"] += 1
+        value = torch.nn.functional.binary_cross_entropy_with_logits(logits[:, 0], mask.float())
+        return value * float("nan") if calls["n"] in steps else value
+
+    return loss
+
+
+def test_nonfinite_steps_are_skipped_and_counted_or_stop(tmp_path):
+    from segmentation.registry import LOSSES
+
+    if "nan_at_2" not in LOSSES:
+        LOSSES.register("nan_at_2", lambda: nan_loss_at({2}))
+        LOSSES.register("nan_always", lambda: nan_loss_at(set(range(100))))
+    config = validate({**tiny().raw, "loss": {"name": "nan_at_2"}})
+    config = validate({**config.raw, "train": {**config.raw["train"], "nonfinite": "skip"}})
+    run_training(config, tmp_path / "skip")
+    metrics = json.loads((tmp_path / "skip" / "metrics.json").read_text())
+    assert metrics["nonfinite_steps_skipped"] == 1 and metrics["step"] == 4
+    raw = {**config.raw, "loss": {"name": "nan_always"}}
+    raw["train"] = {**raw["train"], "max_nonfinite": 2}
+    with pytest.raises(FloatingPointError, match="2 consecutive non-finite steps"):
+        run_training(validate(raw), tmp_path / "stop")
+
+
+def test_deterministic_runs_give_identical_metrics(tmp_path):
+    a = run_training(tiny(steps=3, deterministic=True), tmp_path / "a")
+    b = run_training(tiny(steps=3, deterministic=True), tmp_path / "b")
+    torch.use_deterministic_algorithms(False)
+    assert a == b
+    same_weights(
+        tmp_path / "a" / "checkpoints" / "last.pt", tmp_path / "b" / "checkpoints" / "last.pt"
+    )
