@@ -352,3 +352,110 @@ def test_ham_grouped_split_fractions_on_many_lesions():
     assert parts == splits.grouped_split(
         ids[::-1], groups, {"train": 0.7, "val": 0.1, "test": 0.2}, 0
     )
+
+
+# -- skin tone and fairness --------------------------------------------------------------------
+
+
+def test_ita_of_uniform_patch_and_bins():
+    from segmentation.data.color import ita, ita_group
+    from segmentation.fairness import skin_tone_columns
+
+    patch = np.empty((40, 40, 3), np.uint8)
+    patch[:] = (141, 85, 54)
+    value = ita(patch)
+    assert -16.8 < value < -16.0, value  # float CIELAB; OpenCV's uint8 Lab would give +20.1
+    assert ita_group(value, "chardon6") == "brown" and ita_group(value, "kinyanjui8") == "le10"
+    lesion = np.zeros((40, 40), np.uint8)
+    lesion[15:25, 15:25] = 1
+    patch[lesion == 1] = (60, 30, 20)
+    cols = skin_tone_columns(patch, lesion)
+    assert cols["ita"] == pytest.approx(value, abs=1e-4)
+    assert cols["ita_chardon6"] == "brown" and cols["contrast_group"] == "high"
+    assert cols["lesion_delta_e"] > 20
+
+
+def test_fairness_reports_tags_and_unknown_grouping():
+    from segmentation.fairness import check_groupings, fairness_reports
+
+    rows = [
+        {"id": str(i), "dice": d, "tags": t, "ita_chardon6": g, "ita_kinyanjui8": "le10"}
+        for i, (d, t, g) in enumerate(
+            [(0.9, "", "light"), (0.5, "dark_skin;tiny", "dark"), (0.7, "tiny", "dark")]
+        )
+    ]
+    reports = fairness_reports(rows, ["tags", "ita"], n_boot=50)
+    assert set(reports) == {"tags", "ita_chardon6", "ita_kinyanjui8"}
+    tags = reports["tags"]["groups"]
+    assert tags["tiny"]["n"] == 2 and tags["none"]["mean"] == pytest.approx(0.9)
+    chardon = reports["ita_chardon6"]
+    assert list(chardon["groups"]) == ["light", "dark"] and chardon["worst_group"] == "dark"
+    assert chardon["gap"] == pytest.approx(0.3) and chardon["nar"] == pytest.approx(0.3 / 0.75)
+    with pytest.raises(ValueError, match="fitzpatrick.*DDI"):
+        check_groupings(["fitzpatrick"], {"dataset": "isic2018"})
+
+
+def test_evaluate_groups_on_a_synthetic_run(tmp_path, capsys):
+    import sys
+    from pathlib import Path
+
+    from segmentation.config import validate
+    from segmentation.experiment import run_training
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+    import evaluate
+
+    config = validate(
+        {
+            "model": {"name": "unet_tiny"},
+            "data": {"name": "synthetic", "image_size": 32, "n_train": 8, "n_val": 4, "n_test": 12},
+            "optim": {"name": "adamw", "lr": 1.0e-3},
+            "sched": {"name": "warmup_cosine", "warmup_steps": 1},
+            "train": {"steps": 2, "batch_size": 4, "eval_every": 2, "checkpoint_every": 2},
+            "eval": {"batch_size": 4, "boundary": False},
+        }
+    )
+    run_training(config, tmp_path / "run")
+    capsys.readouterr()
+    out = tmp_path / "eval"
+    code = evaluate.main(
+        [
+            "--ckpt",
+            str(tmp_path / "run/checkpoints/last.pt"),
+            "--out",
+            str(out),
+            "--no-boundary",
+            "--groups",
+            "ita",
+            "--groups",
+            "tags",
+            "--groups",
+            "contrast",
+            "--n-boot",
+            "50",
+        ]
+    )
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "| ita_group | n | mean dice | 95 % CI |" in printed
+    assert "| ita_chardon6 | n | mean dice |" in printed and "worst group:" in printed
+    payload = json.loads((out / "metrics.json").read_text())
+    groups = payload["groups"]
+    assert set(groups) == {"ita_group", "ita_chardon6", "ita_kinyanjui8", "tags", "contrast_group"}
+    assert sum(g["n"] for g in groups["ita_group"]["groups"].values()) == 12
+    assert "## Dice by true ITA group" in (out / "metrics.md").read_text()
+    with open(out / "per_image.csv") as f:
+        header = f.readline().strip().split(",")
+    for column in ("ita", "ita_chardon6", "ita_kinyanjui8", "lesion_delta_e", "contrast_group"):
+        assert column in header
+    code = evaluate.main(
+        [
+            "--ckpt",
+            str(tmp_path / "run/checkpoints/last.pt"),
+            "--out",
+            str(out),
+            "--groups",
+            "fitzpatrick",
+        ]
+    )
+    assert code == 2 and "fitzpatrick" in capsys.readouterr().err

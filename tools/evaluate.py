@@ -47,6 +47,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--no-boundary", action="store_true", help="skip HD95/ASSD (faster)")
     parser.add_argument(
+        "--groups",
+        action="append",
+        default=[],
+        choices=["ita", "fitzpatrick", "contrast", "tags"],
+        help="fairness report per group (repeatable): Dice per ITA bin, Fitzpatrick group (DDI),\n"
+        "lesion-skin contrast or synthetic difficulty tag; see segmentation/fairness.py",
+    )
+    parser.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples per group")
+    parser.add_argument(
+        "--contrast-bins",
+        default="10,20",
+        metavar="LOW,HIGH",
+        help="Delta E edges of the low/medium/high contrast groups (default 10,20)",
+    )
+    parser.add_argument(
         "--report", metavar="DIR", help="also write DIR/report.md with PNG figures (and curves)"
     )
     args = parser.parse_args(argv)
@@ -56,6 +71,12 @@ def main(argv: list[str] | None = None) -> int:
     from segmentation.data import collate
     from segmentation.evaluation import evaluate_model
     from segmentation.experiment import build_dataset, resolve_device
+    from segmentation.fairness import (
+        GROUP_TITLES,
+        add_skin_tone,
+        check_groupings,
+        fairness_reports,
+    )
     from segmentation.reports import markdown_table
 
     try:
@@ -65,7 +86,12 @@ def main(argv: list[str] | None = None) -> int:
             apply_override(raw, assignment)
         config = validate(raw, source=f"{args.ckpt} (config inside the checkpoint)")
         dataset = build_dataset(config, args.split, train=False)
-    except (ConfigError, FileNotFoundError, RuntimeError) as err:
+        contrast_bins = tuple(float(v) for v in args.contrast_bins.split(","))
+        if len(contrast_bins) != 2:
+            raise ValueError(f"--contrast-bins takes two numbers, got '{args.contrast_bins}'.")
+        if args.groups:
+            check_groupings(args.groups, dataset.load(0)[2] if hasattr(dataset, "load") else {})
+    except (ConfigError, FileNotFoundError, RuntimeError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     model = model_from_checkpoint(ckpt)
@@ -80,6 +106,9 @@ def main(argv: list[str] | None = None) -> int:
         collate_fn=collate,
         num_workers=config.train.num_workers,
     )
+    # skin tone from the raw image and GT mask, after prediction (segmentation/fairness.py)
+    rows = add_skin_tone(rows, dataset, contrast_bins=contrast_bins)
+    groups = fairness_reports(rows, args.groups, n_boot=args.n_boot) if args.groups else {}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     payload = {
@@ -89,10 +118,14 @@ def main(argv: list[str] | None = None) -> int:
         "network": ckpt["model_spec"]["name"],
         "command": shlex.join(["python", "tools/evaluate.py", *(argv or sys.argv[1:])]),
         **metrics,
+        **({"groups": groups} if groups else {}),
     }
     (out / "metrics.json").write_text(json.dumps(payload, indent=2))
     write_rows(rows, out / "per_image.csv")
     table = markdown_table(metrics)
+    for column, group_table in groups.items():
+        title = GROUP_TITLES.get(column, column)
+        table += f"\n\n## Dice by {title}\n\n{markdown_table(group_table)}"
     (out / "metrics.md").write_text(f"# {payload['network']} on {args.split}\n\n{table}\n")
     print(table)
     if args.report:
