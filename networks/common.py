@@ -3,8 +3,10 @@ path."""
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 
 import torch
 from torch import nn
@@ -24,6 +26,24 @@ def check_input_shape(x: torch.Tensor, divisor: int, network: str) -> None:
             f"{network} needs height and width divisible by {divisor}, got {h}x{w}; "
             f"pad or resize the input to {ph}x{pw}."
         )
+
+
+_FROM_CHECKPOINT = contextvars.ContextVar("dermseg_weights_from_checkpoint", default=False)
+
+
+@contextlib.contextmanager
+def weights_from_checkpoint() -> Iterator[None]:
+    """Inside this context :func:`load_pretrained` loads nothing and returns ``([], [])``.
+
+    Used when a network is rebuilt from a dermseg checkpoint: the checkpoint's state dict holds
+    every
+    weight (pretrained parts included), so the original weight files need not exist any more.
+    """
+    token = _FROM_CHECKPOINT.set(True)
+    try:
+        yield
+    finally:
+        _FROM_CHECKPOINT.reset(token)
 
 
 def load_pretrained(
@@ -51,6 +71,8 @@ def load_pretrained(
         FileNotFoundError: the file does not exist.
         RuntimeError: keys are missing/unexpected beyond the allowed prefixes, or shapes differ.
     """
+    if _FROM_CHECKPOINT.get():
+        return [], []
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(
@@ -71,7 +93,9 @@ def load_pretrained(
     ]
     if shape_errors:
         raise RuntimeError(f"shape mismatch loading '{path}': " + "; ".join(shape_errors[:10]))
-    result = module.load_state_dict(state, strict=False)
+    # nn.Module's own method: some libraries override load_state_dict without returning the report
+    # (smp encoders drop the classifier keys and return None).
+    result = nn.Module.load_state_dict(module, state, strict=False)
     missing, unexpected = list(result.missing_keys), list(result.unexpected_keys)
     bad_missing = [k for k in missing if not k.startswith(tuple(allowed_missing))]
     bad_unexpected = [k for k in unexpected if not k.startswith(tuple(allowed_unexpected))]

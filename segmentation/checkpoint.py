@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 import networks
+from networks.common import weights_from_checkpoint
 
 _PREFIXES = ("_orig_mod.", "module.")
 
@@ -164,6 +165,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 def model_from_checkpoint(ckpt: dict[str, Any]) -> nn.Module:
     """Rebuild the network recorded in ``ckpt['model_spec']`` and load its weights (strict)."""
     spec = ckpt["model_spec"]
-    model = networks.build_network(spec["name"], **spec["kwargs"])
+    with weights_from_checkpoint():  # pretrained files named in the spec need not exist any more
+        model = networks.build_network(spec["name"], **spec["kwargs"])
     model.load_state_dict(clean_state_dict(ckpt["model"]))
     return model

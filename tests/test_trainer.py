@@ -189,3 +189,23 @@ def test_cli_train_resume_and_evaluate(tmp_path):
         env=env,
     )
     assert bad.returncode == 2 and "nope.yaml" in bad.stderr
+
+
+def test_checkpoint_rebuilds_without_the_pretrained_file(tmp_path):
+    import networks
+
+    net = networks.build_network("smp_unet_tiny", in_channels=3, num_classes=1)
+    weights = tmp_path / "resnet18.pth"
+    torch.save(net.model.encoder.state_dict(), weights)
+    raw = tiny(steps=2).raw
+    raw["model"] = {"name": "smp_unet_tiny", "encoder_weights": str(weights)}
+    run_training(validate(raw), tmp_path / "run")
+    weights.unlink()
+    ckpt = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
+    model = model_from_checkpoint(ckpt)
+    for key, value in ckpt["model"].items():
+        assert torch.equal(model.state_dict()[key], value)
+    with pytest.raises(FileNotFoundError, match="resnet18.pth"):
+        networks.build_network(
+            "smp_unet_tiny", in_channels=3, num_classes=1, encoder_weights=str(weights)
+        )
