@@ -2,6 +2,7 @@
 
 import json
 import math
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -397,7 +398,6 @@ def test_fairness_reports_tags_and_unknown_grouping():
 
 def test_evaluate_groups_on_a_synthetic_run(tmp_path, capsys):
     import sys
-    from pathlib import Path
 
     from segmentation.config import validate
     from segmentation.experiment import run_training
@@ -459,3 +459,28 @@ def test_evaluate_groups_on_a_synthetic_run(tmp_path, capsys):
         ]
     )
     assert code == 2 and "fitzpatrick" in capsys.readouterr().err
+
+
+REAL_EXPERIMENTS = sorted(
+    p
+    for folder in ("isic2017", "isic2018", "ph2")
+    for p in (Path(__file__).resolve().parents[1] / "experiments" / folder).glob("*.yaml")
+)
+
+
+@pytest.mark.parametrize("path", REAL_EXPERIMENTS, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_real_data_experiments_build_their_datasets(path, tmp_path):
+    from segmentation.config import load_config
+    from segmentation.experiment import build_dataset
+
+    name = load_config(path).raw["data"]["name"]
+    if name == "ph2":
+        ph2_tree(tmp_path, PH2_IDS)
+    else:
+        isic_tree(tmp_path, {"isic2017": isic.ISIC2017, "isic2018": isic.ISIC2018}[name], 2)
+    config = load_config(path, [f"data.root={tmp_path}", "data.allow_partial=true"])
+    for split in ("train", "val"):
+        dataset = build_dataset(config, split)
+        item = dataset[0]
+        size = config.raw["data"]["image_size"]
+        assert tuple(item["image"].shape) == (3, size, size) and dataset.split == split
