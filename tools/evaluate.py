@@ -31,6 +31,66 @@ def write_rows(rows: list[dict], path: Path) -> None:
         writer.writerows(rows)
 
 
+def postprocess_and_robustness(
+    model, dataset, config, device, post_steps, kinds, *, boundary=True, max_images=None
+) -> dict:
+    """The optional evaluations: ``postprocessed`` metrics and ``robustness`` results."""
+    from segmentation.data import collate
+    from segmentation.evaluation import evaluate_model
+    from segmentation.losses import BCEDiceLoss
+    from segmentation.postprocess import postprocessed_predictor
+    from segmentation.robustness import evaluate_adversarial, evaluate_corruptions
+
+    extra: dict = {}
+    if post_steps:
+        metrics, _ = evaluate_model(
+            model,
+            dataset,
+            device=device,
+            eval_config=config.eval,
+            boundary=boundary,
+            collate_fn=collate,
+            predictor=postprocessed_predictor(post_steps),
+        )
+        extra["postprocessed"] = {"steps": post_steps, **metrics}
+    common = dict(
+        device=device,
+        eval_config=config.eval,
+        seed=config.train.seed,
+        max_images=max_images,
+        collate_fn=collate,
+    )
+    robustness = {}
+    if "corruptions" in kinds:
+        image_size = config.raw["data"].get("image_size")
+        robustness["corruptions"] = evaluate_corruptions(
+            model, dataset, image_size=image_size, **common
+        )
+    if "adversarial" in kinds:
+        # the attacked loss is Dice + BCE whatever the run trained with (Paschali et al. 2018)
+        loss_fn = BCEDiceLoss()
+        robustness["adversarial"] = evaluate_adversarial(model, dataset, loss_fn=loss_fn, **common)
+    if robustness:
+        extra["robustness"] = robustness
+    return extra
+
+
+def extra_tables(extra: dict, out: Path) -> str:
+    """Markdown for :func:`postprocess_and_robustness`; writes ``out/robustness.png``."""
+    from segmentation.reports import markdown_table
+    from segmentation.robustness import degradation_plot, robustness_tables
+
+    text = ""
+    if "postprocessed" in extra:
+        post = {k: v for k, v in extra["postprocessed"].items() if k != "steps"}
+        steps = ", ".join(extra["postprocessed"]["steps"])
+        text += f"\n\n## With post-processing ({steps})\n\n{markdown_table(post)}"
+    if "robustness" in extra:
+        degradation_plot(extra["robustness"], out / "robustness.png")
+        text += f"\n\n## Robustness\n\n{robustness_tables(extra['robustness'])}"
+    return text
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
@@ -64,7 +124,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--report", metavar="DIR", help="also write DIR/report.md with PNG figures (and curves)"
     )
+    parser.add_argument(
+        "--postprocess",
+        metavar="STEPS",
+        help="label-free post-processing, e.g. lcc,fill_holes (steps: lcc, fill_holes, opening);\n"
+        "metrics are reported without and with it (metrics.json 'postprocessed')",
+    )
+    parser.add_argument(
+        "--robustness",
+        metavar="KINDS",
+        help="corruptions and/or adversarial (comma-separated): metrics.json 'robustness',\n"
+        "tables in metrics.md and OUT/robustness.png; see segmentation/robustness.py",
+    )
+    parser.add_argument(
+        "--robustness-images", type=int, metavar="N", help="robustness on the first N images only"
+    )
     args = parser.parse_args(argv)
+    from segmentation.postprocess import parse_steps
+    from segmentation.robustness import parse_kinds
+
+    try:
+        post_steps, kinds = parse_steps(args.postprocess), parse_kinds(args.robustness)
+    except (KeyError, ValueError) as err:
+        print(f"error: {err.args[0]}", file=sys.stderr)
+        return 2
 
     from segmentation.checkpoint import load_checkpoint, model_from_checkpoint
     from segmentation.config import ConfigError, apply_override, validate
@@ -111,6 +194,16 @@ def main(argv: list[str] | None = None) -> int:
     groups = fairness_reports(rows, args.groups, n_boot=args.n_boot) if args.groups else {}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    extra = postprocess_and_robustness(
+        model,
+        dataset,
+        config,
+        device,
+        post_steps,
+        kinds,
+        boundary=not args.no_boundary,
+        max_images=args.robustness_images,
+    )
     payload = {
         "checkpoint": str(args.ckpt),
         "step": ckpt["step"],
@@ -118,11 +211,12 @@ def main(argv: list[str] | None = None) -> int:
         "network": ckpt["model_spec"]["name"],
         "command": shlex.join(["python", "tools/evaluate.py", *(argv or sys.argv[1:])]),
         **metrics,
+        **extra,
         **({"groups": groups} if groups else {}),
     }
     (out / "metrics.json").write_text(json.dumps(payload, indent=2))
     write_rows(rows, out / "per_image.csv")
-    table = markdown_table(metrics)
+    table = markdown_table(metrics) + extra_tables(extra, out)
     for column, group_table in groups.items():
         title = GROUP_TITLES.get(column, column)
         table += f"\n\n## Dice by {title}\n\n{markdown_table(group_table)}"
@@ -142,6 +236,13 @@ def main(argv: list[str] | None = None) -> int:
             device=device,
             run_dir=Path(args.ckpt).resolve().parent.parent,  # RUN/checkpoints/best.pt
         )
+        if "robustness" in extra:  # the degradation plot joins the report
+            from segmentation.robustness import degradation_plot, robustness_tables
+
+            degradation_plot(extra["robustness"], Path(report).parent / "robustness.png")
+            with open(report, "a") as f:
+                f.write(f"\n## Robustness\n\n{robustness_tables(extra['robustness'])}\n\n")
+                f.write("![Dice under corruptions and attacks](robustness.png)\n")
         print(f"report: {report}")
     return 0
 
