@@ -103,6 +103,9 @@ def _quiet():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         warnings.filterwarnings("ignore", r".*torch\.jit.*deprecated", FutureWarning)
+        # the dynamo exporter needs onnxscript (not installed): the legacy exporter is deliberate
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.onnx.*")
+        warnings.filterwarnings("ignore", r".*legacy TorchScript-based ONNX", DeprecationWarning)
         yield
 
 
