@@ -25,7 +25,8 @@ Verified (tiny variants, 64x64 trace, batch 1/2/3 and 96x128, ``tests/test_infer
 sweep over the registry): ``unet_tiny``, ``smp_unet_tiny``, ``mcanet_tiny``, ``iscf_tiny``,
 ``transdae_tiny`` export with dynamic batch and image size (ONNX max |diff| <= 3.2e-5,
 TorchScript 0); ``swin_unet_tiny``, ``att_swinunet_tiny`` with dynamic batch and a fixed image
-size (ONNX <= 2.8e-6, TorchScript 0). ``segdt*``, ``sam_adapter*``, ``medsam_ca*`` are refused.
+size (ONNX <= 2.8e-6, TorchScript 0). ``segdt*``, ``sam_adapter*``, ``sam2_adapter*`` and
+``medsam_ca*`` are refused.
 """
 
 from __future__ import annotations
