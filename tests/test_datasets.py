@@ -484,3 +484,72 @@ def test_real_data_experiments_build_their_datasets(path, tmp_path):
         item = dataset[0]
         size = config.raw["data"]["image_size"]
         assert tuple(item["image"].shape) == (3, size, size) and dataset.split == split
+
+
+# -- tools -----------------------------------------------------------------------------------------
+
+
+def _tool(name):
+    import importlib
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+    return importlib.import_module(name)
+
+
+def test_prepare_data_summary_and_cache(tmp_path, capsys, monkeypatch):
+    prepare = _tool("prepare_data")
+    root = tmp_path / "isic"
+    isic_tree(root, isic.ISIC2018, 3)
+    zip_file = tmp_path / "ISIC2018_Task1-2_Training_Input.zip"
+    zip_file.write_bytes(b"abc")
+    digest = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+    code = prepare.main(
+        ["--dataset", "isic2018", "--root", str(root), "--sha256", f"{zip_file}={digest}"]
+    )
+    out = capsys.readouterr().out
+    assert code == 1  # 3 pairs per split, not the official counts
+    assert f"sha256 {digest}" in out and " OK" in out
+    assert "| train | 3 | 2594 | partial |" in out and "ignored 9 image-like files" in out
+    assert "masks: 0 with values 0/255 only, 3 with other values" in out  # 129/128 pixels
+    monkeypatch.setitem(prepare.OFFICIAL, "isic2018", {"train": 3, "val": 3, "test": 3})
+    assert prepare.main(["--dataset", "isic2018", "--root", str(root)]) == 0
+    assert "all checks passed" in capsys.readouterr().out
+    masks = root / "ISIC2018_Task1_Validation_GroundTruth"
+    _mask(masks / "ISIC_0000101_segmentation.png", 0, size=(H, W + 4))
+    (masks / "ISIC_0000102_segmentation.png").unlink()
+    assert prepare.main(["--dataset", "isic2018", "--root", str(root)]) == 1
+    out = capsys.readouterr().out
+    assert "| val | - | 3 | FAILED |" in out and "ISIC_0000102.jpg' has no mask" in out
+    _mask(masks / "ISIC_0000102_segmentation.png", 0)
+    assert prepare.main(["--dataset", "isic2018", "--root", str(root)]) == 1
+    assert "size mismatch" in capsys.readouterr().out
+    _mask(masks / "ISIC_0000101_segmentation.png", 0)
+    cache = tmp_path / "cache"
+    code = prepare.main(
+        ["--dataset", "isic2018", "--root", str(root), "--cache", str(cache), "--size", "16"]
+    )
+    assert code == 0
+    ds = DATASETS.build("paired_folder", root=str(cache), split="val")
+    assert ds.ids == ["ISIC_0000100", "ISIC_0000101", "ISIC_0000102"]
+    image, mask, _ = ds.load(0)
+    assert image.shape == (16, 16, 3) and set(np.unique(mask)) <= {0, 1}
+    assert "official_split" in (cache / "val" / "meta.csv").read_text()
+
+
+def test_make_splits_writes_and_checks(tmp_path, capsys, monkeypatch):
+    make_splits = _tool("make_splits")
+    ph2_tree(tmp_path, PH2_IDS)
+    out = tmp_path / "splits"
+    args = ["--dataset", "ph2", "--root", str(tmp_path), "--out", str(out)]
+    assert make_splits.main(args) == 2  # 18 images, not the official 200
+    assert "has 200" in capsys.readouterr().err
+    monkeypatch.setattr(PH2, "total", len(PH2_IDS))
+    assert make_splits.main(args) == 0
+    assert "wrote" in capsys.readouterr().out
+    stored = splits.read_split_file(out / "ph2_80_20_100.json")
+    assert {k: len(v) for k, v in stored.items()} == {"train": 7, "val": 2, "test": 9}
+    assert make_splits.main([*args, "--check"]) == 0
+    assert "matches" in capsys.readouterr().out
+    monkeypatch.setattr(splits, "SPLIT_DIR", out)  # the loader now verifies against the file
+    assert DATASETS.build("ph2", root=str(tmp_path), split="test").ids == stored["test"]

@@ -50,6 +50,12 @@ class DDI(OfficialDataset):
     split_names = ("external",)
     total = 656
     mask_lesion_value = 1
+    scan_defaults = {
+        "labels": "lesion",
+        "image_dir": "images",
+        "mask_dir": "masks",
+        "mask_suffix": "",
+    }
 
     def __init__(
         self,

@@ -255,6 +255,24 @@ class OfficialDataset(FileSegmentationDataset):
             )
         super().__init__(records, transform=transform)
 
+    # attributes a subclass's __init__ sets before split selection (for :meth:`scan`)
+    scan_defaults: dict = {}
+
+    @classmethod
+    def scan(cls, root: str, *, allow_partial: bool = True, **kwargs):
+        """An instance that reads the tree without choosing a split (for ``tools/prepare_data.py``
+        and ``tools/make_splits.py``): call :meth:`all_records` (or ``official(split)`` on ISIC).
+        Counts are not checked unless ``allow_partial=False``."""
+        self = cls.__new__(cls)
+        self.root, self.split, self.split_name, self.seed = Path(root), None, cls.split_names[0], 0
+        self.allow_partial, self.num_folds, self.fold, self.ignored = allow_partial, 0, 0, []
+        self._scanned, self._records = {}, None
+        for key, value in {**cls.scan_defaults, **kwargs}.items():
+            setattr(self, key, value)
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"{cls.dataset_name}: data root '{root}' is not a folder.")
+        return self
+
     def scheme_records(self, split: str, for_kfold: bool) -> list[dict]:
         """Records of ``split`` under ``self.split_name``; ``for_kfold`` allows a split the scheme
         lacks (ISIC 2016 has no val) to be empty."""
