@@ -48,6 +48,7 @@ __all__ = [
 
 SPLIT_DIR = Path(__file__).resolve().parents[2] / "splits"
 SPLIT_NAMES = ("train", "val", "test")
+UNSEEDED = frozenset({"isic2018_1815_259_520"})
 
 
 def check_unique(ids: Sequence[str]) -> list[str]:
@@ -193,7 +194,8 @@ SCHEMES: dict[str, tuple[Callable, int, str]] = {
 def split_file_path(scheme: str, seed: int, folder: Path | None = None) -> Path:
     """``splits/<scheme>.json`` for the scheme's default seed, else ``<scheme>_seed<k>.json``."""
     default = SCHEMES[scheme][1]
-    name = scheme if seed == default else f"{scheme}_seed{seed}"
+    # the seed only names the file of seeded schemes (1815/259/520 ignores it)
+    name = scheme if seed == default or scheme in UNSEEDED else f"{scheme}_seed{seed}"
     return (SPLIT_DIR if folder is None else Path(folder)) / f"{name}.json"
 
 
