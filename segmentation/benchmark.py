@@ -36,17 +36,28 @@ def _sync(device: torch.device) -> None:
 def time_callable(
     fn: Callable[[], object], *, device: torch.device, warmup: int = 2, repeat: int = 10
 ) -> dict[str, float]:
-    """Median and minimum wall time of ``fn()`` in milliseconds after ``warmup`` untimed calls."""
+    """Wall and process-CPU time of ``fn()`` in ms (median, min) after ``warmup`` untimed calls.
+
+    On a CPU shared with other jobs, wall time includes the time the process waited for a core;
+    process CPU time (user + system, so page faults count) does not. With one thread the two agree
+    on an idle machine, so ``cpu_median_ms`` is the steadier estimate under contention.
+    """
     for _ in range(warmup):
         fn()
     _sync(device)
-    times = []
+    wall, cpu = [], []
     for _ in range(repeat):
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         fn()
         _sync(device)
-        times.append((time.perf_counter() - start) * 1e3)
-    return {"median_ms": statistics.median(times), "min_ms": min(times), "repeat": repeat}
+        wall.append((time.perf_counter() - start) * 1e3)
+        cpu.append((time.process_time() - start_cpu) * 1e3)
+    return {
+        "median_ms": statistics.median(wall),
+        "min_ms": min(wall),
+        "cpu_median_ms": statistics.median(cpu),
+        "repeat": repeat,
+    }
 
 
 def saved_for_backward_mb(fn: Callable[[], object]) -> float:
@@ -331,8 +342,10 @@ def measure_model(
         "threads": torch.get_num_threads(),
         "first_step_s": first_step_s,
         "train_step_ms": train["median_ms"],
-        "train_images_s": batch / train["median_ms"] * 1e3,
+        "train_step_min_ms": train["min_ms"],
+        "train_step_cpu_ms": train["cpu_median_ms"],
         "infer_ms": inference["median_ms"],
+        "infer_cpu_ms": inference["cpu_median_ms"],
         "infer_images_s": batch / inference["median_ms"] * 1e3,
         "malloc_env": malloc_env_active(),
         "attention_backend": os.environ.get("DERMSEG_ATTENTION_BACKEND", "auto"),
@@ -352,34 +365,57 @@ def child_env(config: dict) -> dict[str, str]:
     return env
 
 
-def compare_model(
-    name: str, *, size: int, batch: int, configs: list[str], warmup: int, repeat: int, device: str
-) -> list[dict]:
-    """Run ``measure_model`` once per configuration, each in a fresh subprocess, in one call."""
-    rows = []
-    for config_name in configs:
-        config = CONFIGS[config_name]
-        cmd = [
-            sys.executable, "-m", "segmentation.benchmark", "--child", name,
-            "--size", str(size), "--batch", str(batch), "--warmup", str(warmup),
-            "--repeat", str(repeat), "--device", device,
-        ]  # fmt: skip
-        cmd += ["--onednn"] if config["onednn"] else []
-        cmd += ["--compile"] if config["compile"] else []
-        proc = subprocess.run(
-            cmd, env=child_env(config), cwd=REPO_ROOT, capture_output=True, text=True
+def _run_child(name: str, config_name: str, args: list[str]) -> dict:
+    config = CONFIGS[config_name]
+    cmd = [sys.executable, "-m", "segmentation.benchmark", "--child", name, *args]
+    cmd += ["--onednn"] if config["onednn"] else []
+    cmd += ["--compile"] if config["compile"] else []
+    proc = subprocess.run(cmd, env=child_env(config), cwd=REPO_ROOT, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(
+            f"benchmark child for configuration '{config_name}' failed (exit "
+            f"{proc.returncode}):\n{proc.stderr[-3000:]}"
         )
-        if proc.returncode != 0:
-            raise RuntimeError(
-                f"benchmark child for configuration '{config_name}' failed (exit "
-                f"{proc.returncode}):\n{proc.stderr[-3000:]}"
-            )
-        result = json.loads(proc.stdout.strip().splitlines()[-1])
-        rows.append({"config": config_name, **config, **result})
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def compare_model(
+    name: str,
+    *,
+    size: int,
+    batch: int,
+    configs: list[str],
+    warmup: int,
+    repeat: int,
+    device: str,
+    rounds: int = 1,
+) -> list[dict]:
+    """Measure each configuration in fresh subprocesses; speed-ups relative to ``configs[0]``.
+
+    With ``rounds > 1`` the configurations run interleaved (round-robin), so slow drifts in the
+    load of a shared machine hit all of them alike; each timing is the median over rounds.
+    """
+    args = ["--size", str(size), "--batch", str(batch), "--warmup", str(warmup)]
+    args += ["--repeat", str(repeat), "--device", device]
+    runs: dict[str, list[dict]] = {c: [] for c in configs}
+    for _ in range(rounds):
+        for config_name in configs:
+            runs[config_name].append(_run_child(name, config_name, args))
+    rows = []
+    for config_name, results in runs.items():
+        row = {"config": config_name, **CONFIGS[config_name], **results[0], "rounds": rounds}
+        for key in ("first_step_s", "train_step_ms", "train_step_cpu_ms", "infer_ms"):
+            row[key] = statistics.median(r[key] for r in results)
+        row["infer_cpu_ms"] = statistics.median(r["infer_cpu_ms"] for r in results)
+        row["train_step_min_ms"] = min(r["train_step_min_ms"] for r in results)
+        row["infer_images_s"] = batch / row["infer_ms"] * 1e3
+        rows.append(row)
     base = rows[0]
     for row in rows:
         row["train_speedup"] = base["train_step_ms"] / row["train_step_ms"]
-        row["infer_speedup"] = row["infer_images_s"] / base["infer_images_s"]
+        row["train_speedup_cpu"] = base["train_step_cpu_ms"] / row["train_step_cpu_ms"]
+        row["infer_speedup"] = base["infer_ms"] / row["infer_ms"]
+        row["infer_speedup_cpu"] = base["infer_cpu_ms"] / row["infer_cpu_ms"]
     return rows
 
 

@@ -21,7 +21,9 @@ Modes (one per run):
         gain; ``--compile`` adds torch.compile of the whole model with the malloc settings.
 
 Results print as tables; ``--json PATH`` also writes them. Timings on a shared machine are noisy:
-check ``uptime`` and repeat.
+check ``uptime``, use ``--rounds`` (configurations interleaved, median over rounds) and read the
+``*_cpu`` columns too: process CPU time (user + system, so malloc page faults count) excludes the
+time spent waiting for a core, and with one thread equals wall time on an idle machine.
 
 Examples:
     python tools/benchmark.py --kernel window_attention --batch 8
@@ -45,7 +47,8 @@ KERNEL_COLUMNS = [
 ]  # fmt: skip
 MODEL_COLUMNS = [
     "config", "kernels", "onednn", "malloc", "compile", "first_step_s", "train_step_ms",
-    "train_speedup", "infer_images_s", "infer_speedup",
+    "train_step_cpu_ms", "train_speedup", "train_speedup_cpu", "infer_images_s", "infer_speedup",
+    "infer_speedup_cpu",
 ]  # fmt: skip
 
 
@@ -62,6 +65,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="--model: interleaved repetitions of all configs"
+    )
     parser.add_argument("--ablate", action="store_true", help="--model: add intermediate configs")
     parser.add_argument("--compile", action="store_true", help="--model: add torch.compile config")
     parser.add_argument("--json", type=Path, help="also write the results to this JSON file")
@@ -97,6 +103,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             warmup=args.warmup,
             repeat=args.repeat,
             device=args.device,
+            rounds=args.rounds,
         )
         print(f"# {args.model} at {args.size}x{args.size}, batch {args.batch}; {header}")
         print(format_table(rows, MODEL_COLUMNS))
