@@ -17,9 +17,11 @@ Images larger than ``max_side`` (512) are downscaled (area interpolation; the ma
 the measurement: a median colour does not need full-resolution ISIC images, and every kernel of the
 skin mask scales with the image size.
 
-Groupings (``--groups``): ``ita`` (measured chardon6 and kinyanjui8 bins, plus the generator's true
-``ita_group`` on synthetic data), ``fitzpatrick`` (DDI metadata), ``contrast`` and ``tags`` (the
-synthetic difficulty tags; an image counts in each of its tags, untagged images in ``none``).
+Images whose group is ``unknown`` are left out of the group tables and counted in the report's
+``n_missing`` ("rows without a group"). Groupings (``--groups``): ``ita`` (measured chardon6 and
+kinyanjui8 bins, plus the generator's true ``ita_group`` on synthetic data), ``fitzpatrick`` (DDI
+metadata), ``contrast`` and ``tags`` (the synthetic difficulty tags; an image counts in each of its
+tags, untagged images in ``none``).
 """
 
 from __future__ import annotations
@@ -151,14 +153,14 @@ def _tables(grouping: str, rows: list[dict]) -> list[tuple[str, list[dict], list
     if grouping == "ita":
         out = []
         if rows and "ita_group" in rows[0]:  # synthetic: the generator's true group
-            out.append(("ita_group", rows, [n for _, n in ITA_BINS["chardon6"]] + ["unknown"]))
+            out.append(("ita_group", rows, [n for _, n in ITA_BINS["chardon6"]]))
         for preset in ITA_BINS:
-            out.append((f"ita_{preset}", rows, [n for _, n in ITA_BINS[preset]] + ["unknown"]))
+            out.append((f"ita_{preset}", rows, [n for _, n in ITA_BINS[preset]]))
         return out
     if grouping == "fitzpatrick":
         return [("fitzpatrick", rows, ["I-II", "III-IV", "V-VI"])]
     if grouping == "contrast":
-        return [("contrast_group", rows, ["low", "medium", "high", "unknown"])]
+        return [("contrast_group", rows, ["low", "medium", "high"])]
     from segmentation.data.synthetic import TAGS
 
     tagged = [
@@ -180,6 +182,11 @@ def fairness_reports(
     reports = {}
     for grouping in dict.fromkeys(groupings):
         for column, table_rows, order in _tables(grouping, rows):
+            # "unknown" (too little visible skin or lesion) is not a group: it would become the
+            # worst group by accident; such rows are counted as n_missing instead
+            table_rows = [
+                {**r, column: None} if r.get(column) == "unknown" else r for r in table_rows
+            ]
             present = {
                 str(r.get(column)) for r in table_rows if not isinstance(r.get(column), list)
             }

@@ -557,3 +557,16 @@ def test_make_splits_writes_and_checks(tmp_path, capsys, monkeypatch):
     assert "matches" in capsys.readouterr().out
     monkeypatch.setattr(splits, "SPLIT_DIR", out)  # the loader now verifies against the file
     assert DATASETS.build("ph2", root=str(tmp_path), split="test").ids == stored["test"]
+
+
+def test_unknown_ita_is_not_a_group():
+    from segmentation.fairness import fairness_reports
+
+    rows = [
+        {"id": "a", "dice": 0.9, "ita_chardon6": "light", "ita_kinyanjui8": "41_48"},
+        {"id": "b", "dice": 0.1, "ita_chardon6": "unknown", "ita_kinyanjui8": "unknown"},
+        {"id": "c", "dice": 0.7, "ita_chardon6": "dark", "ita_kinyanjui8": "le10"},
+    ]
+    report = fairness_reports(rows, ["ita"], n_boot=20)["ita_chardon6"]
+    assert list(report["groups"]) == ["light", "dark"] and report["n_missing"] == 1
+    assert report["worst_group"] == "dark"
