@@ -221,7 +221,7 @@ def run_training(config: Config, run_dir, *, resume: dict | None = None, extra_h
             f"on {device}; effective batch {effective} = {cfg.batch_size} per process x "
             f"{dist_info.world_size} process(es) x {cfg.grad_accum} accumulation step(s); "
             f"learning-rate scaling '{cfg.lr_scaling}' (x{factor[cfg.lr_scaling]:g} -> "
-            f"{optimizer.param_groups[0]['lr']:.3g})"
+            f"{optimizer.param_groups[0]['initial_lr']:.3g})"
         )
     if resume is not None:
         trainer.load_state_dict(resume)

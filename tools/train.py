@@ -72,7 +72,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     start = time.time()
-    metrics = run_training(config, run_dir, resume=ckpt)
+    try:
+        metrics = run_training(config, run_dir, resume=ckpt)
+    except (ConfigError, FileNotFoundError) as err:  # e.g. a data root that does not exist
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     shutdown()
     minutes = (time.time() - start) / 60
     log(
