@@ -59,6 +59,11 @@ class SMPUNet(nn.Module):
 
 
 NETWORKS.register("smp_unet", SMPUNet)
+# timm ResNet-10-T through the smp "tu-" bridge: a real ResNet encoder, 0.4 M parameters, for tests.
 NETWORKS.register(
-    "smp_unet_tiny", SMPUNet, encoder_name="resnet18", encoder_depth=3, decoder_channels=(32, 16, 8)
+    "smp_unet_tiny",
+    SMPUNet,
+    encoder_name="tu-resnet10t",
+    encoder_depth=3,
+    decoder_channels=(32, 16, 8),
 )

@@ -1,0 +1,23 @@
+"""The README's two set-up commands are what CI runs (a fresh machine must be able to follow them)."""
+
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def setup_commands() -> list[str]:
+    text = (ROOT / "README.md").read_text()
+    section = text.split("## Set up", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```bash\n(.*?)\n```", section, re.S)
+
+
+def test_readme_has_exactly_two_setup_commands_and_ci_runs_them():
+    install, tests = setup_commands()
+    ci = (ROOT / ".ci" / "run").read_text()
+    install_part = install.split(" && python tools/train.py")[0]
+    assert install_part in ci, f".ci/run does not install as the README says: {install_part}"
+    assert "python tools/train.py --cfg experiments/att_swinunet.yaml" in install
+    test_command = tests.split("&&")[-1].strip()
+    assert test_command in ci, f".ci/run does not run the README's test command: {test_command}"
+    assert (ROOT / "experiments" / "att_swinunet.yaml").is_file()
