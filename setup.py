@@ -3,11 +3,11 @@ from setuptools import find_packages, setup
 setup(
     name="dermseg",
     version="0.1.0",
-    description="Skin-lesion segmentation networks under one honest training and evaluation protocol",
+    description="Skin-lesion segmenters under one honest training and evaluation protocol",
     python_requires=">=3.10",
     packages=find_packages(include=["segmentation", "segmentation.*", "networks", "networks.*"]),
     install_requires=[
-        # Ranges that resolve to the builds on this machine's disk (torch 2.14.1 / torchvision 0.29.1).
+        # Ranges that resolve to the builds on this disk (torch 2.14.1, torchvision 0.29.1).
         "torch>=2.5,<=2.14.1",
         "torchvision>=0.20,<=0.29.1",
         "segmentation-models-pytorch>=0.4",

@@ -8,24 +8,19 @@ Example:
     >>> net = networks.build_network("unet_tiny", in_channels=3, num_classes=1)
 """
 
-from networks.registry import Registry
-
-NETWORKS = Registry("network")
-
-# Each network module registers its variants on import; keep one import line per module here.
-from networks.unet import UNet  # noqa: E402
-from networks.smp_unet import SMPUNet  # noqa: E402
-
-# -- network modules (one line each, added as networks land) --
-from networks.swin_unet import SwinUNet  # noqa: E402
-from networks.att_swinunet import AttSwinUNet  # noqa: E402
-from networks.mcanet import MCANet  # noqa: E402
-from networks.segdt import SegDT  # noqa: E402
-from networks.iscf import ISCF  # noqa: E402
-from networks.transdae import TransDAE  # noqa: E402
-from networks.sam_adapter import SAMAdapter  # noqa: E402
-from networks.medsam_ca import MedSAMCA  # noqa: E402
-from networks.sam2_adapter import SAM2Adapter  # noqa: E402
+# Each network module registers its variants in NETWORKS on import: one import line per module.
+from networks.att_swinunet import AttSwinUNet
+from networks.iscf import ISCF
+from networks.mcanet import MCANet
+from networks.medsam_ca import MedSAMCA
+from networks.registry import NETWORKS
+from networks.sam2_adapter import SAM2Adapter
+from networks.sam_adapter import SAMAdapter
+from networks.segdt import SegDT
+from networks.smp_unet import SMPUNet
+from networks.swin_unet import SwinUNet
+from networks.transdae import TransDAE
+from networks.unet import UNet
 
 
 def build_network(name: str, **kwargs):

@@ -39,8 +39,8 @@ import torch
 from einops import rearrange
 from torch import nn
 
-from networks import NETWORKS
 from networks.kernels.global_attention import global_attention
+from networks.registry import NETWORKS
 from networks.swin_unet import SwinUNet, _init_weights, load_swin_pretrained
 
 SKIP_ATTENTION_MODES = ("none", "cross", "spatial", "cross_spatial")

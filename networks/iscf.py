@@ -26,7 +26,6 @@ import torch
 from einops import rearrange
 from torch import nn
 
-from networks import NETWORKS
 from networks.blocks.efficient import (
     HW,
     EfficientAttention,
@@ -40,6 +39,7 @@ from networks.blocks.efficient import (
 from networks.blocks.swin import FinalPatchExpand, PatchExpand
 from networks.common import check_input_shape
 from networks.kernels.efficient_attention import context, read_context
+from networks.registry import NETWORKS
 
 
 class ISCFBridge(nn.Module):

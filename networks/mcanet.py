@@ -18,10 +18,10 @@ import torch.nn.functional as F
 from timm.layers import LayerNorm2d
 from torch import nn
 
-from networks import NETWORKS
 from networks.blocks.mscan import MSCAN, MSCAN_VARIANTS
 from networks.common import check_input_shape
 from networks.kernels.axial_attention import axial_attention
+from networks.registry import NETWORKS
 
 NormFactory = Callable[[int], nn.Module]
 # The released head normalises with GroupNorm(32 groups): decoder widths must be multiples of 32.

@@ -34,9 +34,9 @@ from timm.layers import LayerNorm2d
 from timm.layers.cbam import CbamModule
 from torch import nn
 
-from networks import NETWORKS
 from networks.blocks.sam import adapter_keys, encode_image, encode_prompts
 from networks.common import check_input_shape, load_pretrained
+from networks.registry import NETWORKS
 from networks.sam_adapter import TINY_SAM, SAMAdapter
 
 _SAM_HEADS = ("output_upscaling.", "output_hypernetworks_mlps.", "iou_prediction_head.")

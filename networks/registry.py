@@ -99,3 +99,6 @@ class Registry:
 
 def _takes_var_kwargs(target: Callable[..., Any]) -> bool:
     return any(p.kind == p.VAR_KEYWORD for p in inspect.signature(target).parameters.values())
+
+
+NETWORKS = Registry("network")

@@ -31,7 +31,6 @@ from sam2.modeling.sam.transformer import TwoWayTransformer
 from sam2.modeling.sam2_utils import MLP
 from torch import nn
 
-from networks import NETWORKS
 from networks.blocks.sam import (
     BottleneckAdapter,
     ParallelAdapted,
@@ -42,6 +41,7 @@ from networks.blocks.sam import (
 from networks.blocks.sam_prompts import PromptedSegmenter
 from networks.common import check_input_shape, load_pretrained
 from networks.kernels.global_attention import global_attention
+from networks.registry import NETWORKS
 from networks.sam_adapter import check_sam_io
 
 # Keys of the official SAM 2 checkpoint that single-image segmentation does not use.

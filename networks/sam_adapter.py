@@ -19,7 +19,6 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from networks import NETWORKS
 from networks.blocks.sam import (
     SAM_VIT_CONFIGS,
     adapt_sam_vit,
@@ -32,6 +31,7 @@ from networks.blocks.sam import (
 )
 from networks.blocks.sam_prompts import PromptedSegmenter
 from networks.common import check_input_shape, load_pretrained
+from networks.registry import NETWORKS
 
 
 def check_sam_io(name: str, in_channels: int, num_classes: int) -> None:

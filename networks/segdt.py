@@ -46,7 +46,6 @@ import os
 import torch
 from torch import nn
 
-from networks import NETWORKS
 from networks.blocks.dit import DIT_SIZES, DiT
 from networks.blocks.latent_spaces import (
     IMAGENET_MEAN,
@@ -63,6 +62,7 @@ from networks.blocks.rectified_flow import (
     sample_time,
 )
 from networks.common import check_input_shape
+from networks.registry import NETWORKS
 
 AUTOENCODERS = ("taesd", "learned", "none")
 _DEFAULT_DOWNSAMPLE = {"taesd": 8, "learned": 8, "none": 2}

@@ -11,8 +11,8 @@ import segmentation_models_pytorch as smp
 import torch
 from torch import nn
 
-from networks import NETWORKS
 from networks.common import check_input_shape, load_pretrained
+from networks.registry import NETWORKS
 
 
 class SMPUNet(nn.Module):

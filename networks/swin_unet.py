@@ -26,9 +26,9 @@ from timm.layers import resize_rel_pos_bias_table, trunc_normal_
 from timm.models import adapt_input_conv
 from torch import nn
 
-from networks import NETWORKS
 from networks.blocks.swin import FinalPatchExpand, PatchEmbed, PatchExpand, PatchMerging, SwinStage
 from networks.common import load_pretrained
+from networks.registry import NETWORKS
 
 logger = logging.getLogger(__name__)
 

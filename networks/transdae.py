@@ -37,7 +37,6 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from networks import NETWORKS
 from networks.blocks.efficient import (
     HW,
     DualTransformerBlock,
@@ -50,6 +49,7 @@ from networks.blocks.efficient import (
 )
 from networks.blocks.swin import FinalPatchExpand, PatchExpand
 from networks.common import check_input_shape
+from networks.registry import NETWORKS
 
 
 class InterScaleInteraction(nn.Module):

@@ -10,9 +10,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from networks import NETWORKS
 from networks.blocks.conv import DoubleConv
 from networks.common import check_input_shape
+from networks.registry import NETWORKS
 
 
 class UNet(nn.Module):

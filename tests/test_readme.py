@@ -1,4 +1,5 @@
-"""The README's two set-up commands are what CI runs (a fresh machine must be able to follow them)."""
+"""The README's two set-up commands are what CI runs (a fresh machine must be able to follow
+them)."""
 
 import re
 from pathlib import Path

@@ -14,7 +14,9 @@ class DoubleConv(nn.Sequential):
         norm_layer: normalisation class taking the channel count.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, norm_layer: type[nn.Module] = nn.BatchNorm2d):
+    def __init__(
+        self, in_channels: int, out_channels: int, norm_layer: type[nn.Module] = nn.BatchNorm2d
+    ):
         super().__init__(
             nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
             norm_layer(out_channels),
