@@ -20,6 +20,15 @@ Modes (one per run):
         ``--ablate`` adds the intermediate steps (auto kernels alone, + oneDNN) to attribute the
         gain; ``--compile`` adds torch.compile of the whole model with the malloc settings.
 
+    --suite ci [--only NAME,...] [--steps N] [--json PATH] [--write-readme] [--check PATH]
+        Train every experiments/ci/*.yaml (synthetic 128x128, same steps/batch/seed, 2 threads),
+        evaluate best.pt once on the 300-image synthetic test split (HD95 on), record parameters,
+        GMAC at 128/224, Dice, IoU, thresholded Jaccard, HD95, global Dice, worst skin-tone group,
+        hard-tag Dice, images/s and wall time. --write-readme rewrites README's table between the
+        benchmark markers; --check PATH fails (exit 1) when a quality metric drifts beyond the
+        tolerance stored in PATH or a row is missing. --suite isic2018|isic2017|ph2 --data-root DIR
+        runs the real-data experiment files the same way (for users with the data and a GPU).
+
 Results print as tables; ``--json PATH`` also writes them. Timings on a shared machine are noisy:
 check ``uptime``, use ``--rounds`` (configurations interleaved, median over rounds) and read the
 ``*_cpu`` columns too: process CPU time (user + system, so malloc page faults count) excludes the
@@ -28,6 +37,8 @@ time spent waiting for a core, and with one thread equals wall time on an idle m
 Examples:
     python tools/benchmark.py --kernel window_attention --batch 8
     python tools/benchmark.py --model swin_unet --size 224 --batch 8 --json bench.json
+    python tools/benchmark.py --suite ci --json benchmarks/ci.json --write-readme
+    python tools/benchmark.py --suite ci --check benchmarks/ci.json
 """
 
 from __future__ import annotations
@@ -60,6 +71,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     mode = parser.add_mutually_exclusive_group(required=True)
     mode.add_argument("--kernel", choices=["window_attention", "axial", "global"])
     mode.add_argument("--model", help="registered network name, e.g. swin_unet")
+    mode.add_argument(
+        "--suite",
+        choices=["ci", "isic2018", "isic2017", "ph2"],
+        help="train + test every experiments/<suite>/*.yaml (see segmentation.benchmark_suite)",
+    )
     parser.add_argument("--size", type=int, default=224, help="image side for --model")
     parser.add_argument("--batch", type=int, default=8, help="images per step (kernels: per case)")
     parser.add_argument("--device", default="cpu")
@@ -71,11 +87,30 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--ablate", action="store_true", help="--model: add intermediate configs")
     parser.add_argument("--compile", action="store_true", help="--model: add torch.compile config")
     parser.add_argument("--json", type=Path, help="also write the results to this JSON file")
+    suite = parser.add_argument_group("--suite")
+    suite.add_argument("--only", metavar="NAME,...", help="rows to run (file stems)")
+    suite.add_argument("--steps", type=int, help="override every row's steps (smoke tests)")
+    suite.add_argument("--threads", type=int, default=2, help="torch threads (recorded)")
+    suite.add_argument("--data-root", help="real-data suites: the dataset folder")
+    suite.add_argument("--work-dir", type=Path, help="keep the run folders here (default: temp)")
+    suite.add_argument(
+        "--check", type=Path, metavar="JSON", help="re-run and fail on quality drift vs JSON"
+    )
+    suite.add_argument(
+        "--write-readme", action="store_true", help="rewrite README's benchmark table"
+    )
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
     args = parse_args(argv)
+    if args.suite:
+        from segmentation.benchmark_suite import cli
+
+        code = cli(args)
+        if code:
+            raise SystemExit(code)
+        return []
     import torch
 
     from segmentation.benchmark import benchmark_kernel, compare_model, format_table
