@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -207,7 +208,7 @@ def _measure_backend(run, backend: str, tensors, dev, warmup: int, repeat: int) 
         return row
     with torch.no_grad():
         forward = time_callable(lambda: run(backend), device=dev, warmup=warmup, repeat=repeat)
-    row["fwd_ms"] = forward["median_ms"]
+    row["fwd_ms"], row["fwd_cpu_ms"] = forward["median_ms"], forward["cpu_median_ms"]
     for t in tensors:
         t.requires_grad_(True)
 
@@ -217,9 +218,8 @@ def _measure_backend(run, backend: str, tensors, dev, warmup: int, repeat: int) 
         run(backend).sum().backward()
 
     try:
-        row["fwd_bwd_ms"] = time_callable(fwd_bwd, device=dev, warmup=warmup, repeat=repeat)[
-            "median_ms"
-        ]
+        both = time_callable(fwd_bwd, device=dev, warmup=warmup, repeat=repeat)
+        row["fwd_bwd_ms"], row["fwd_bwd_cpu_ms"] = both["median_ms"], both["cpu_median_ms"]
         if dev.type == "cuda":
             row["peak_mb"] = cuda_peak_mb(fwd_bwd, dev)
         else:
@@ -347,6 +347,8 @@ def measure_model(
         "infer_ms": inference["median_ms"],
         "infer_cpu_ms": inference["cpu_median_ms"],
         "infer_images_s": batch / inference["median_ms"] * 1e3,
+        # Peak resident memory of the process: the malloc settings trade memory for speed.
+        "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "malloc_env": malloc_env_active(),
         "attention_backend": os.environ.get("DERMSEG_ATTENTION_BACKEND", "auto"),
     }
@@ -404,7 +406,8 @@ def compare_model(
     rows = []
     for config_name, results in runs.items():
         row = {"config": config_name, **CONFIGS[config_name], **results[0], "rounds": rounds}
-        for key in ("first_step_s", "train_step_ms", "train_step_cpu_ms", "infer_ms"):
+        keys = ("first_step_s", "train_step_ms", "train_step_cpu_ms", "infer_ms", "max_rss_mb")
+        for key in keys:
             row[key] = statistics.median(r[key] for r in results)
         row["infer_cpu_ms"] = statistics.median(r["infer_cpu_ms"] for r in results)
         row["train_step_min_ms"] = min(r["train_step_min_ms"] for r in results)

@@ -53,13 +53,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from segmentation.runtime import ensure_malloc_env  # noqa: E402
 
 KERNEL_COLUMNS = [
-    "case", "shape", "backend", "first_call_s", "fwd_ms", "fwd_bwd_ms", "saved_mb", "peak_mb",
-    "note",
+    "case", "shape", "backend", "first_call_s", "fwd_ms", "fwd_cpu_ms", "fwd_bwd_ms",
+    "fwd_bwd_cpu_ms", "saved_mb", "peak_mb", "note",
 ]  # fmt: skip
 MODEL_COLUMNS = [
     "config", "kernels", "onednn", "malloc", "compile", "first_step_s", "train_step_ms",
     "train_step_cpu_ms", "train_speedup", "train_speedup_cpu", "infer_images_s", "infer_speedup",
-    "infer_speedup_cpu",
+    "infer_speedup_cpu", "max_rss_mb",
 ]  # fmt: skip
 
 
