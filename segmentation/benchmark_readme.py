@@ -54,7 +54,7 @@ def render_markdown(result: dict) -> str:
         f"{p['image_size']}x{p['image_size']}; every row trains from scratch for {p['steps']} "
         f"steps at batch {p['batch_size']} (seed {p['seed']}, "
         f"{'deterministic' if p['deterministic'] else 'non-deterministic'} kernels) on CPU with "
-        f"{p['threads']} threads ({p['cpu']}, torch {p['torch']}); best.pt = the last step "
+        f"{p['threads']} thread(s) ({p['cpu']}, torch {p['torch']}); best.pt = the last step "
         f"(one validation on {data.get('n_val')} images), then one evaluation on the "
         f"{p['n_test']}-image synthetic test split (indices from 1 000 000, disjoint from "
         "training and validation). Small CPU-sized variants (see each `experiments/ci/*.yaml`); "
@@ -76,6 +76,23 @@ def render_markdown(result: dict) -> str:
     ]
     for row in result["rows"].values():
         lines.append("| " + " | ".join(fn(row) for _, fn in _COLUMNS) + " |")
+    notes = []
+    for row in result["rows"].values():
+        kwargs = row.get("model_kwargs", {})
+        if "sample_steps" in kwargs:
+            notes.append(
+                f"`{row['name']}`: K = {kwargs['sample_steps']} sampling steps per prediction "
+                "(included in its GMAC and images/s)"
+            )
+        if row.get("prompt"):
+            notes.append(f"`{row['name']}`: {row['prompt']}")
+        if row.get("trainable_params", row["params"]) != row["params"]:
+            notes.append(
+                f"`{row['name']}`: {row['trainable_params'] / 1e6:.2f} M of "
+                f"{row['params'] / 1e6:.2f} M parameters trained (the rest frozen)"
+            )
+    if notes:
+        lines += ["", "Notes: " + "; ".join(notes) + "."]
     lines += ["", f"Suite wall time: {_num(p.get('wall_s', math.nan) / 60, '.1f')} min."]
     return "\n".join(lines)
 

@@ -32,6 +32,10 @@ SUITES = {
     "isic2017": "experiments/isic2017",
     "ph2": "experiments/ph2",
 }
+ROW_ORDER = (
+    "unet", "smp_unet", "swin_unet", "att_swinunet_none", "att_swinunet_cross",
+    "att_swinunet_cross_spatial", "mcanet", "iscf", "transdae", "segdt", "sam_adapter",
+)  # fmt: skip
 HARD_TAGS = ("low_contrast", "heavy_hair", "tiny")
 # Absolute tolerances of --check, per quality metric. Whole-test-set overlap metrics get 0.02;
 # thresholded Jaccard jumps by a whole IoU when an image crosses 0.65, so 0.03; the subset metrics
@@ -56,7 +60,10 @@ def suite_configs(suite: str, only: list[str] | None = None) -> dict[str, Path]:
     """``{row name: yaml path}`` of a suite (file stem = row name), optionally a subset."""
     if suite not in SUITES:
         raise KeyError(f"unknown suite '{suite}'; accepted: {', '.join(SUITES)}.")
-    paths = {p.stem: p for p in sorted((REPO_ROOT / SUITES[suite]).glob("*.yaml"))}
+    found = sorted((REPO_ROOT / SUITES[suite]).glob("*.yaml"))
+    # table order: the network families from classic to prompted, then anything added later
+    rank = {name: i for i, name in enumerate(ROW_ORDER)}
+    paths = {p.stem: p for p in sorted(found, key=lambda p: (rank.get(p.stem, len(rank)), p.stem))}
     for name in only or ():
         if name not in paths:
             raise KeyError(
@@ -269,6 +276,11 @@ def protocol(configs: dict, threads: int, suite: str) -> dict:
         "configs": SUITES[suite] + "/*.yaml",
         **shared,
         "data": {k: v for k, v in data.items() if k != "root"},
+        "seeds": {
+            "train": first.train.seed,  # initialisation, data order, augmentation
+            "data": data.get("seed", 0),  # the synthetic generator (every image)
+            "sampling": "model.sample_seed (SegDT's noise, default 0)",
+        },
         "threads": threads,
         "deterministic": first.train.deterministic,
         "torch": torch.__version__,
