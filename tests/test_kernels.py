@@ -397,8 +397,10 @@ def test_auto_policy_follows_the_documented_measurements():
     assert window_attention._auto(cpu, False, True) == "reference"
     assert window_attention._auto(cuda, True, True) == "reference"
     assert window_attention._auto(cuda, True, False) == "sdpa"
-    assert global_attention._auto(cpu, True) == "reference"
-    assert global_attention._auto(cpu, False) == "sdpa"
+    assert global_attention._auto(cpu, True, True) == "reference"
+    assert global_attention._auto(cpu, True, False) == "sdpa"
+    assert global_attention._auto(cpu, False, True) == "sdpa"
+    assert global_attention._auto(cuda, True, True) == "sdpa"
     assert axial_attention._auto(cpu, False) == "reference"
     assert axial_attention._auto(cuda, True) == "sdpa"
 

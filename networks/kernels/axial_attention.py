@@ -17,10 +17,10 @@ Auto policy (``backend="auto"``; ``DERMSEG_ATTENTION_BACKEND`` overrides it):
       was slower forward).
     - CUDA: sdpa (torch's fused kernels). Not measured here (no GPU).
 
-    Measured with ``tools/benchmark.py --kernel axial --batch 8`` (torch 2.14.1, one thread, CPU
-    shared at load ~8), MCANet-T MCA block at 224 (``[8, 64, 56, 56]``, 8 heads), ms, forward /
-    forward+backward: rows reference 24 / 80, sdpa 30 / 97, flex 53; columns reference 60 / 202,
-    sdpa 61 / 227, flex 71.
+    Measured with ``tools/benchmark.py --kernel axial --batch 8`` (torch 2.14.1, one thread, load
+    ~2 on a shared 2-core machine), MCANet-T MCA block at 224 (``[8, 64, 56, 56]``, 8 heads),
+    process-CPU ms, forward / forward+backward: rows reference 11.1 / 37.2, sdpa 11.6 / 38.2, flex
+    12.7; columns reference 11.4 / 38.3, sdpa 11.9 / 41.1, flex 12.5.
 """
 
 from __future__ import annotations

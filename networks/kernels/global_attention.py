@@ -12,23 +12,23 @@ Backends:
     triton: not implemented for this operation (raises); sdpa already has fused CUDA kernels.
 
 Auto policy (``backend="auto"``; ``DERMSEG_ATTENTION_BACKEND`` overrides it):
-    - CPU, no grad: sdpa. CPU, grad: reference. Never flex on CPU (no backward; forward not faster
-      than sdpa and a 30-40 s compile per new shape).
+    - CPU, no grad: sdpa. CPU, grad with a bias: reference. CPU, grad without a bias: sdpa (its
+      fused CPU kernel then runs, saving 5x less memory). Never flex on CPU (no backward; its
+      forward wins only for long sequences and costs a compile per new shape).
     - CUDA: sdpa (torch's fused kernels). Not measured here (no GPU).
 
-    Measured with ``tools/benchmark.py --kernel global --batch 8`` (torch 2.14.1, one thread, CPU
-    shared at load ~8, so +-30 %), ms, forward / forward+backward:
+    Measured with ``tools/benchmark.py --kernel global --batch 8`` (torch 2.14.1, one thread, load
+    ~2 on a shared 2-core machine), process-CPU ms, forward / forward+backward, saved MB:
 
-    ====================== ============= ============= ===============
-    case                   reference     sdpa          flex (fwd only)
-    ====================== ============= ============= ===============
-    SAM-B windows + bias   572 / 1397    379 / 1249    352
-    SAM-B global + bias    174 / 180     54 / 274      168
-    SegDT-XS, 1024 tokens  891 / 2147    796 / 2673    1337
-    ====================== ============= ============= ===============
+    ====================== ================== ================== ===============
+    case                   reference          sdpa               flex (fwd only)
+    ====================== ================== ================== ===============
+    SAM-B windows + bias   68 / 189, 111 MB   60 / 211, 111 MB   67
+    SAM-B global + bias    28 / 77, 42 MB     23 / 86, 42 MB     27
+    SegDT-XS, 1024 tokens  126 / 399, 152 MB  124 / 374, 32 MB   114
+    ====================== ================== ================== ===============
 
-    sdpa without a bias saves 5x less memory for backward (32 vs 152 MB for SegDT-XS) but was
-    slower here; switch with ``backend="sdpa"`` when memory, not time, is the limit.
+    With a bias requiring grad, CPU sdpa takes its math path (same saved maps as the reference).
 """
 
 from __future__ import annotations
@@ -91,9 +91,9 @@ def flex(q, k, v, bias=None, scale=None):
     return compiled_flex_attention()(q, k, v, score_mod=score_mod, scale=scale)
 
 
-def _auto(device: torch.device, grad: bool) -> str:
-    if device.type == "cpu":
-        return "reference" if grad else "sdpa"
+def _auto(device: torch.device, grad: bool, has_bias: bool) -> str:
+    if device.type == "cpu" and grad and has_bias:
+        return "reference"
     return "sdpa"
 
 
@@ -128,6 +128,6 @@ def global_attention(
         backend,
         BACKENDS[1:],
         {"flex": flex_unavailable_reason(q.device, grad)},
-        lambda: _auto(q.device, grad),
+        lambda: _auto(q.device, grad, bias is not None),
     )
     return {"reference": reference, "sdpa": sdpa, "flex": flex}[chosen](q, k, v, bias, scale)
