@@ -402,6 +402,12 @@ def cli(args) -> int:
     if args.check:  # read (and fail on) the reference before an hour of training
         reference = json.loads(Path(args.check).read_text())
     only = args.only.split(",") if args.only else None
+    try:  # argument errors as one line, before any training
+        suite_configs(args.suite, only)
+    except KeyError as err:
+        raise SystemExit(f"error: {err.args[0]}") from None
+    if args.suite != "ci" and not args.data_root:
+        raise SystemExit(f"error: --suite {args.suite} reads real data; pass --data-root DIR.")
     result = run_suite(
         args.suite,
         only=only,
