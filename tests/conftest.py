@@ -9,3 +9,30 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "cuda" in item.keywords:
             item.add_marker(skip)
+
+
+def tiny_config(steps=4, data=None, **train):
+    """A validated config that trains ``unet_tiny`` on 32-px synthetic data in seconds.
+
+    ``data`` replaces the data section; ``train`` entries override the train section.
+    """
+    from segmentation.config import validate
+
+    return validate(
+        {
+            "model": {"name": "unet_tiny"},
+            "data": data
+            or {"name": "synthetic", "image_size": 32, "n_train": 16, "n_val": 4, "n_test": 4},
+            "optim": {"name": "adamw", "lr": 1.0e-3},
+            "sched": {"name": "warmup_cosine", "warmup_steps": 1},
+            "train": {
+                "steps": steps,
+                "batch_size": 4,
+                "eval_every": 2,
+                "checkpoint_every": 2,
+                "image_panel_every": 0,
+                **train,
+            },
+            "eval": {"batch_size": 4, "boundary": False},
+        }
+    )

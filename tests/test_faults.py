@@ -12,6 +12,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_config as tiny
 
 from segmentation.checkpoint import find_resumable, load_checkpoint
 from segmentation.config import ConfigError, dump_config, validate
@@ -19,27 +20,6 @@ from segmentation.experiment import run_training
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "DERMSEG_NO_MALLOC_TUNING": "1"}
-
-
-def tiny(steps=4, data=None, **train):
-    return validate(
-        {
-            "model": {"name": "unet_tiny"},
-            "data": data
-            or {"name": "synthetic", "image_size": 32, "n_train": 16, "n_val": 6, "n_test": 4},
-            "optim": {"name": "adamw", "lr": 1.0e-3},
-            "sched": {"name": "warmup_cosine", "warmup_steps": 1},
-            "train": {
-                "steps": steps,
-                "batch_size": 4,
-                "eval_every": 2,
-                "checkpoint_every": 2,
-                "image_panel_every": 0,
-                **train,
-            },
-            "eval": {"batch_size": 4, "boundary": False},
-        }
-    )
 
 
 def run_cli(*args, timeout=600):
@@ -72,7 +52,7 @@ def test_torchrun_two_processes_match_single_process_evaluation(tmp_path):
     )  # fmt: skip
     assert out.returncode == 0, out.stderr[-3000:]
     single = json.loads((ev / "metrics.json").read_text())
-    assert ddp["n_images"] == single["n_images"] == 6
+    assert ddp["n_images"] == single["n_images"] == 4
     for key in ("dice", "iou", "thresholded_jaccard", "sensitivity", "accuracy"):
         assert ddp["per_image"][key] == single["per_image"][key], key
     assert ddp["global"] == single["global"]

@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from test_trainer import tiny  # noqa: E402
+from conftest import tiny_config as tiny  # noqa: E402
 
 SIZE = 32  # training image size of tiny()
 

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import tiny_config
 
 from segmentation.checkpoint import load_checkpoint, model_from_checkpoint
 from segmentation.config import validate
@@ -15,24 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def tiny(steps=4, **train):
-    return validate(
-        {
-            "model": {"name": "unet_tiny"},
-            "data": {"name": "synthetic", "image_size": 32, "n_train": 16, "n_val": 4, "n_test": 4},
-            "optim": {"name": "adamw", "lr": 1.0e-3},
-            "sched": {"name": "warmup_cosine", "warmup_steps": 1},
-            "train": {
-                "steps": steps,
-                "batch_size": 4,
-                "eval_every": 2,
-                "checkpoint_every": 2,
-                "log_every": 1,
-                "image_panel_every": 2,
-                **train,
-            },
-            "eval": {"batch_size": 4, "boundary": False},
-        }
-    )
+    return tiny_config(steps, log_every=1, image_panel_every=2, **train)
 
 
 def test_training_writes_run_folder(tmp_path):
