@@ -78,7 +78,6 @@ class DDI(OfficialDataset):
             raise ValueError(f"ddi labels must be 'lesion' or 'all', got '{labels}'.")
         self.labels, self.num_classes = labels, (1 if labels == "lesion" else len(FEDD_LABELS))
         self.image_dir, self.mask_dir, self.mask_suffix = image_dir, mask_dir, mask_suffix
-        self._records: list[dict] | None = None
         super().__init__(
             root=root,
             split=split,

@@ -58,32 +58,6 @@ class ISICTask1(OfficialDataset):
     counts: dict[str, int] = {}
     diagnosis_files: dict[str, str] = {}
 
-    def __init__(
-        self,
-        *,
-        root: str | None = None,
-        split: str = "train",
-        transform=None,
-        allow_partial: bool = False,
-        split_name: str = "official",
-        seed: int = 0,
-        num_folds: int = 0,
-        fold: int = 0,
-        split_file: str | None = None,
-    ) -> None:
-        self._scanned: dict[str, list[dict]] = {}
-        super().__init__(
-            root=root,
-            split=split,
-            transform=transform,
-            allow_partial=allow_partial,
-            split_name=split_name,
-            seed=seed,
-            num_folds=num_folds,
-            fold=fold,
-            split_file=split_file,
-        )
-
     def official(self, split: str) -> list[dict]:
         """Count-checked records of an official split folder (cached)."""
         if split not in self._scanned:
@@ -269,32 +243,6 @@ class HAM10000(OfficialDataset):
     mask_dir = "HAM10000_segmentations_lesion_tschandl"
     metadata_file = "HAM10000_metadata.csv"
     total = 10015
-
-    def __init__(
-        self,
-        *,
-        root: str | None = None,
-        split: str = "train",
-        transform=None,
-        allow_partial: bool = False,
-        split_name: str = "ham10000_lesion",
-        seed: int = 0,
-        num_folds: int = 0,
-        fold: int = 0,
-        split_file: str | None = None,
-    ) -> None:
-        self._records: list[dict] | None = None
-        super().__init__(
-            root=root,
-            split=split,
-            transform=transform,
-            allow_partial=allow_partial,
-            split_name=split_name,
-            seed=seed,
-            num_folds=num_folds,
-            fold=fold,
-            split_file=split_file,
-        )
 
     def all_records(self) -> list[dict]:
         if self._records is None:

@@ -197,16 +197,19 @@ class OfficialDataset(FileSegmentationDataset):
     def __init__(
         self,
         *,
-        root: str | None,
-        split: str,
-        transform,
-        allow_partial: bool,
-        split_name: str | None,
-        seed: int,
-        num_folds: int,
-        fold: int,
-        split_file: str | None,
+        root: str | None = None,
+        split: str = "train",
+        transform=None,
+        allow_partial: bool = False,
+        split_name: str | None = None,
+        seed: int = 0,
+        num_folds: int = 0,
+        fold: int = 0,
+        split_file: str | None = None,
     ) -> None:
+        # caches filled by the subclasses' all_records / official (read during split selection)
+        self._records: list[dict] | None = None
+        self._scanned: dict[str, list[dict]] = {}
         if split not in SPLITS:
             raise KeyError(f"{self.dataset_name}: unknown split '{split}'; accepted: {SPLITS}.")
         split_name = self.split_names[0] if split_name is None else split_name

@@ -91,32 +91,6 @@ class PH2(OfficialDataset):
     split_names = ("ph2_80_20_100", "external")
     total = 200
 
-    def __init__(
-        self,
-        *,
-        root: str | None = None,
-        split: str = "train",
-        transform=None,
-        allow_partial: bool = False,
-        split_name: str = "ph2_80_20_100",
-        seed: int = 0,
-        num_folds: int = 0,
-        fold: int = 0,
-        split_file: str | None = None,
-    ) -> None:
-        self._records: list[dict] | None = None
-        super().__init__(
-            root=root,
-            split=split,
-            transform=transform,
-            allow_partial=allow_partial,
-            split_name=split_name,
-            seed=seed,
-            num_folds=num_folds,
-            fold=fold,
-            split_file=split_file,
-        )
-
     def base_dir(self) -> Path:
         """The ``PH2Dataset`` folder (``root`` itself when it already is that folder)."""
         if (self.root / "PH2Dataset").is_dir():
