@@ -101,3 +101,48 @@ def evaluate_model(
     if hasattr(net, "prompt_description"):
         metrics["prompt"] = net.prompt_description
     return metrics, meter.rows()
+
+
+def sampling_sweep(model: nn.Module, dataset, steps: list[int], **kwargs) -> list[dict]:
+    """Metrics and prediction time of a sampling network (``predict(image, steps=K)``) per ``K``.
+
+    Args:
+        model: a network whose ``predict`` takes ``steps`` (SegDT: Euler steps of the flow).
+        dataset: evaluation split.
+        steps: the step counts to evaluate.
+        kwargs: passed to :func:`evaluate_model` (device, eval_config, collate_fn, ...).
+
+    Returns:
+        One row per ``K``: per-image Dice and IoU, global Dice, and ``ms_per_image``, the wall time
+        of ``predict`` alone (metric computation excluded) divided by the number of images.
+    """
+    import inspect
+    import time
+
+    net = unwrap(model)
+    if "steps" not in inspect.signature(getattr(net, "predict", lambda: None)).parameters:
+        raise ValueError(
+            f"{type(net).__name__} has no predict(image, steps=K); --sampling-steps applies to "
+            "sampling networks such as SegDT."
+        )
+    rows = []
+    for k in steps:
+        seconds = [0.0]
+
+        def timed(m, image, k=k, seconds=seconds):
+            start = time.perf_counter()
+            logits = unwrap(m).predict(image, steps=k)
+            seconds[0] += time.perf_counter() - start
+            return logits
+
+        metrics, _ = evaluate_model(model, dataset, predictor=timed, **kwargs)
+        rows.append(
+            {
+                "steps": k,
+                "dice": metrics["per_image"]["dice"],
+                "iou": metrics["per_image"]["iou"],
+                "global_dice": metrics["global"]["dice"],
+                "ms_per_image": 1000 * seconds[0] / metrics["n_images"],
+            }
+        )
+    return rows

@@ -2,6 +2,8 @@
 and model cards, on a 2-step unet_tiny run trained once per module."""
 
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -340,3 +342,18 @@ def test_config_hash_is_canonical():
 
     assert config_hash({"a": 1, "b": {"c": 2}}) == config_hash({"b": {"c": 2}, "a": 1})
     assert config_hash({"a": 1}) != config_hash({"a": 2})
+
+
+def test_evaluate_sampling_steps_table(tmp_path):
+    ckpt = _fake_ckpt(tmp_path / "segdt.pt", "segdt_tiny")
+    out = tmp_path / "ev"
+    proc = subprocess.run(
+        [sys.executable, "tools/evaluate.py", "--ckpt", str(ckpt), "--split", "val",
+         "--out", str(out), "--no-boundary", "--sampling-steps", "1,2"],
+        cwd=ROOT, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    sweep = json.loads((out / "metrics.json").read_text())["sampling_steps"]
+    assert [row["steps"] for row in sweep] == [1, 2]
+    assert all(0 <= row["dice"] <= 1 and row["ms_per_image"] > 0 for row in sweep)
+    assert "## Sampling steps" in (out / "metrics.md").read_text()

@@ -137,6 +137,12 @@ def main(argv: list[str] | None = None) -> int:
         "tables in metrics.md and OUT/robustness.png; see segmentation/robustness.py",
     )
     parser.add_argument(
+        "--sampling-steps",
+        metavar="K,K,...",
+        help="sampling networks (SegDT): Dice and ms/image of predict(steps=K) for each K,\n"
+        "e.g. 1,2,4,8 (metrics.json 'sampling_steps', a table in metrics.md)",
+    )
+    parser.add_argument(
         "--robustness-images", type=int, metavar="N", help="robustness on the first N images only"
     )
     args = parser.parse_args(argv)
@@ -152,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     from segmentation.checkpoint import load_checkpoint, model_from_checkpoint
     from segmentation.config import ConfigError, apply_override, validate
     from segmentation.data import collate
-    from segmentation.evaluation import evaluate_model
+    from segmentation.evaluation import evaluate_model, sampling_sweep
     from segmentation.experiment import build_dataset, resolve_device
     from segmentation.fairness import (
         GROUP_TITLES,
@@ -204,6 +210,17 @@ def main(argv: list[str] | None = None) -> int:
         boundary=not args.no_boundary,
         max_images=args.robustness_images,
     )
+    if args.sampling_steps:
+        sweep = sampling_sweep(
+            model,
+            dataset,
+            [int(k) for k in args.sampling_steps.split(",")],
+            device=device,
+            eval_config=config.eval,
+            boundary=False,
+            collate_fn=collate,
+        )
+        extra["sampling_steps"] = sweep
     payload = {
         "checkpoint": str(args.ckpt),
         "step": ckpt["step"],
@@ -217,6 +234,16 @@ def main(argv: list[str] | None = None) -> int:
     (out / "metrics.json").write_text(json.dumps(payload, indent=2))
     write_rows(rows, out / "per_image.csv")
     table = markdown_table(metrics) + extra_tables(extra, out)
+    if "sampling_steps" in extra:
+        table += (
+            "\n\n## Sampling steps\n\n| K | Dice | IoU | global Dice | ms/image |\n"
+            "|---|---|---|---|---|\n"
+        )
+        table += "\n".join(
+            f"| {r['steps']} | {r['dice']:.4f} | {r['iou']:.4f} | {r['global_dice']:.4f} | "
+            f"{r['ms_per_image']:.1f} |"
+            for r in extra["sampling_steps"]
+        )
     for column, group_table in groups.items():
         title = GROUP_TITLES.get(column, column)
         table += f"\n\n## Dice by {title}\n\n{markdown_table(group_table)}"
