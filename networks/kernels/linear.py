@@ -3,12 +3,12 @@
 ``torch.ops.mkldnn._linear_pointwise`` (the op Inductor emits for CPU linears) runs a oneDNN
 inner-product primitive; in eager fp32 it is faster than ``F.linear`` at transformer shapes on
 the CPUs measured here (Linear+GELU+Linear MLP, one thread: forward 1.4-2.1x, forward+backward
-1.1-1.9x at Swin-T stage widths; Swin-Unet 224, batch 8: training step 1.32x and inference 1.76x
-less process CPU time, ``tools/benchmark.py --model swin_unet --ablate``). It has no autograd
-formula, so :class:`_OneDNNLinearFunction` supplies the backward (the input gradient through
-oneDNN too). The op is private: it is used only behind a version and availability check, and
-every other case (CUDA, non-fp32, autocast, tracing under ``torch.compile``, missing op) falls
-back to ``F.linear`` with identical results.
+1.3-1.6x at Swin-T stage widths and tokens, batch 8; Swin-Unet 224, batch 8: training step 1.32x
+and inference 1.76x less process CPU time, ``tools/benchmark.py --model swin_unet --ablate``).
+It has no autograd formula, so :class:`_OneDNNLinearFunction` supplies the backward (the input
+gradient through oneDNN too). The op is private: it is used only behind a version and
+availability check, and every other case (CUDA, non-fp32, autocast, tracing under
+``torch.compile``, missing op) falls back to ``F.linear`` with identical results.
 
 Example:
     >>> model = convert_linear(model)  # exact nn.Linear -> OneDNNLinear, same state_dict
