@@ -256,12 +256,39 @@ def benchmark_kernel(
 
 CONFIGS: dict[str, dict] = {
     # What a user gets with plain PyTorch: reference attention, nn.Linear, glibc's default malloc.
-    "default": {"kernels": "reference", "onednn": False, "malloc": False, "compile": False},
-    "kernels": {"kernels": "auto", "onednn": False, "malloc": False, "compile": False},
-    "kernels+onednn": {"kernels": "auto", "onednn": True, "malloc": False, "compile": False},
+    "default": {
+        "kernels": "reference",
+        "onednn": False,
+        "malloc": False,
+        "compile": False,
+        "amp": False,
+    },
+    "kernels": {
+        "kernels": "auto",
+        "onednn": False,
+        "malloc": False,
+        "compile": False,
+        "amp": False,
+    },
+    "kernels+onednn": {
+        "kernels": "auto",
+        "onednn": True,
+        "malloc": False,
+        "compile": False,
+        "amp": False,
+    },
     # The best CPU eager settings: auto kernels, oneDNN linears, malloc settings.
-    "best": {"kernels": "auto", "onednn": True, "malloc": True, "compile": False},
-    "best+compile": {"kernels": "auto", "onednn": False, "malloc": True, "compile": True},
+    "best": {"kernels": "auto", "onednn": True, "malloc": True, "compile": False, "amp": False},
+    "best+compile": {
+        "kernels": "auto",
+        "onednn": False,
+        "malloc": True,
+        "compile": True,
+        "amp": False,
+    },
+    # bf16 autocast (train.amp: on) changes the numerics, so it is a separate, labelled row; the
+    # oneDNN fp32 linear is off because autocast already sends nn.Linear to oneDNN's bf16 kernels.
+    "bf16": {"kernels": "auto", "onednn": False, "malloc": True, "compile": False, "amp": True},
 }
 
 
@@ -290,6 +317,7 @@ def measure_model(
     batch: int,
     onednn: bool,
     compile: bool,
+    amp: bool = False,
     device: str = "cpu",
     warmup: int = 2,
     repeat: int = 5,
@@ -311,17 +339,21 @@ def measure_model(
     data = _model_batch(model, size, batch, dev)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
 
+    def autocast():
+        return torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp)
+
     def train_step():
         optimizer.zero_grad(set_to_none=True)
-        if hasattr(model, "compute_loss"):
-            loss, _ = model.compute_loss(data, _loss_fn)
-        else:
-            loss = _loss_fn(step_model(data["image"]), data["mask"])
+        with autocast():
+            if hasattr(model, "compute_loss"):
+                loss, _ = model.compute_loss(data, _loss_fn)
+            else:
+                loss = _loss_fn(step_model(data["image"]).float(), data["mask"])
         loss.backward()
         optimizer.step()
 
     def infer():
-        with torch.inference_mode():
+        with torch.inference_mode(), autocast():
             return (
                 model.predict(data["image"])
                 if hasattr(model, "predict")
@@ -372,6 +404,7 @@ def _run_child(name: str, config_name: str, args: list[str]) -> dict:
     cmd = [sys.executable, "-m", "segmentation.benchmark", "--child", name, *args]
     cmd += ["--onednn"] if config["onednn"] else []
     cmd += ["--compile"] if config["compile"] else []
+    cmd += ["--amp"] if config["amp"] else []
     proc = subprocess.run(cmd, env=child_env(config), cwd=REPO_ROOT, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(
@@ -432,6 +465,7 @@ def _child_main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--onednn", action="store_true")
     parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--amp", action="store_true")
     args = parser.parse_args(argv)
     result = measure_model(
         args.child,
@@ -439,6 +473,7 @@ def _child_main(argv: list[str] | None = None) -> None:
         batch=args.batch,
         onednn=args.onednn,
         compile=args.compile,
+        amp=args.amp,
         device=args.device,
         warmup=args.warmup,
         repeat=args.repeat,

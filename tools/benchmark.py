@@ -57,7 +57,7 @@ KERNEL_COLUMNS = [
     "fwd_bwd_cpu_ms", "saved_mb", "peak_mb", "note",
 ]  # fmt: skip
 MODEL_COLUMNS = [
-    "config", "kernels", "onednn", "malloc", "compile", "first_step_s", "train_step_ms",
+    "config", "kernels", "onednn", "malloc", "compile", "amp", "first_step_s", "train_step_ms",
     "train_step_cpu_ms", "train_speedup", "train_speedup_cpu", "infer_images_s", "infer_speedup",
     "infer_speedup_cpu", "max_rss_mb",
 ]  # fmt: skip
@@ -85,6 +85,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--rounds", type=int, default=1, help="--model: interleaved repetitions of all configs"
     )
     parser.add_argument("--ablate", action="store_true", help="--model: add intermediate configs")
+    parser.add_argument(
+        "--bf16",
+        action="store_true",
+        help="--model: add the best settings with bf16 autocast (train.amp: on; other numerics)",
+    )
     parser.add_argument("--compile", action="store_true", help="--model: add torch.compile config")
     parser.add_argument("--json", type=Path, help="also write the results to this JSON file")
     suite = parser.add_argument_group("--suite")
@@ -130,6 +135,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         configs = ["default"]
         configs += ["kernels", "kernels+onednn"] if args.ablate else []
         configs += ["best"] + (["best+compile"] if args.compile else [])
+        configs += ["bf16"] if args.bf16 else []
         rows = compare_model(
             args.model,
             size=args.size,
