@@ -9,6 +9,7 @@ import os
 from collections.abc import Callable, Iterable, Iterator
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -44,6 +45,18 @@ def weights_from_checkpoint() -> Iterator[None]:
         yield
     finally:
         _FROM_CHECKPOINT.reset(token)
+
+
+def pad_to_multiple(x: torch.Tensor, divisor: int) -> torch.Tensor:
+    """Zero-pad ``[B, C, H, W]`` at the bottom/right so H and W are multiples of ``divisor``.
+
+    On ImageNet-normalised input zero is the mean colour. Callers crop the output back to H x W.
+    """
+    h, w = x.shape[-2:]
+    pad_h, pad_w = -h % divisor, -w % divisor
+    if pad_h or pad_w:
+        x = F.pad(x, (0, pad_w, 0, pad_h))
+    return x
 
 
 def load_pretrained(

@@ -33,11 +33,10 @@ from networks.blocks.efficient import (
     HierarchicalEncoder,
     expand_tokens,
     init_weights,
-    pad_to_multiple,
     to_map,
 )
 from networks.blocks.swin import FinalPatchExpand, PatchExpand
-from networks.common import check_input_shape
+from networks.common import check_input_shape, pad_to_multiple
 from networks.kernels.efficient_attention import context, read_context
 from networks.registry import NETWORKS
 

@@ -19,7 +19,7 @@ from timm.layers import LayerNorm2d
 from torch import nn
 
 from networks.blocks.mscan import MSCAN, MSCAN_VARIANTS
-from networks.common import check_input_shape
+from networks.common import check_input_shape, pad_to_multiple
 from networks.kernels.axial_attention import axial_attention
 from networks.registry import NETWORKS
 
@@ -284,7 +284,7 @@ class MCANet(nn.Module):
         """Args: x ``[B, C, H, W]``. Returns logits ``[B, num_classes, H, W]``."""
         h, w = x.shape[-2:]
         if self.pad_input and x.ndim == 4:
-            x = F.pad(x, (0, -w % self.divisor, 0, -h % self.divisor))
+            x = pad_to_multiple(x, self.divisor)
         check_input_shape(x, self.divisor, type(self).__name__)
         logits = self.decoder(self.encoder(x))
         logits = F.interpolate(logits, x.shape[-2:], mode="bilinear", align_corners=False)

@@ -63,8 +63,7 @@ class Registry:
             close = difflib.get_close_matches(str(name), self._entries, n=3, cutoff=0.5)
             hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
             raise KeyError(
-                f"unknown {self.kind} '{name}'.{hint} "
-                f"Registered: {', '.join(self.names())}."
+                f"unknown {self.kind} '{name}'.{hint} Registered: {', '.join(self.names())}."
             )
         return self._entries[name]
 

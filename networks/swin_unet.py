@@ -21,13 +21,12 @@ import os
 import re
 
 import torch
-import torch.nn.functional as F
 from timm.layers import resize_rel_pos_bias_table, trunc_normal_
 from timm.models import adapt_input_conv
 from torch import nn
 
 from networks.blocks.swin import FinalPatchExpand, PatchEmbed, PatchExpand, PatchMerging, SwinStage
-from networks.common import load_pretrained
+from networks.common import load_pretrained, pad_to_multiple
 from networks.registry import NETWORKS
 
 logger = logging.getLogger(__name__)
@@ -177,8 +176,7 @@ class SwinUNet(nn.Module):
             raise ValueError(
                 f"{type(self).__name__} expects a [B, C, H, W] tensor, got shape {tuple(x.shape)}."
             )
-        h, w = x.shape[-2:]
-        return F.pad(x, (0, -w % self.input_divisor, 0, -h % self.input_divisor))
+        return pad_to_multiple(x, self.input_divisor)
 
     def head(self, x: torch.Tensor, height: int, width: int) -> torch.Tensor:
         """Tokens ``[B, h, w, C0]`` -> logits ``[B, K, height, width]`` (x4 expand, 1x1 conv,

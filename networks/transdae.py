@@ -43,12 +43,11 @@ from networks.blocks.efficient import (
     HierarchicalEncoder,
     expand_tokens,
     init_weights,
-    pad_to_multiple,
     to_map,
     to_tokens,
 )
 from networks.blocks.swin import FinalPatchExpand, PatchExpand
-from networks.common import check_input_shape
+from networks.common import check_input_shape, pad_to_multiple
 from networks.registry import NETWORKS
 
 

@@ -415,15 +415,3 @@ class HierarchicalEncoder(nn.Module):
             feats.append(x)
             sizes.append(hw)
         return feats, sizes
-
-
-def pad_to_multiple(x: torch.Tensor, divisor: int) -> torch.Tensor:
-    """Zero-pad ``[B, C, H, W]`` at the bottom/right so H and W are multiples of ``divisor``.
-
-    On ImageNet-normalised input zero is the mean colour. Callers crop the output back to H x W.
-    """
-    h, w = x.shape[-2:]
-    pad_h, pad_w = -h % divisor, -w % divisor
-    if pad_h or pad_w:
-        x = nn.functional.pad(x, (0, pad_w, 0, pad_h))
-    return x
