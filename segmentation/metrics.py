@@ -315,7 +315,10 @@ class SegmentationMetrics:
             "per_image": per_image,
             "global": {"dice": float(pooled["dice"][0]), "iou": float(pooled["iou"][0])},
             "n_images": len(counts),
-            "boundary_excluded": int(np.isnan(bnd[:, 0]).sum()),
+            # None when boundary metrics were not computed (nothing was excluded)
+            "boundary_excluded": (
+                int(np.isnan(bnd[:, 0]).sum()) if self.settings["boundary"] else None
+            ),
             "definitions": self.definitions(),
         }
 

@@ -149,12 +149,17 @@ def _metrics_table(result: dict, floatfmt: str) -> str:
     rows: list[tuple[str, Any]] = []
     for key, value in result["per_image"].items():
         boundary = key in ("hd95", "assd")
-        label = (
-            f"{key} (px, mean of {n - excluded} images)" if boundary else f"{key} (per-image mean)"
-        )
+        if boundary and excluded is None:
+            label = f"{key} (not computed)"
+        elif boundary:
+            label = f"{key} (px, mean of {n - excluded} images)"
+        else:
+            label = f"{key} (per-image mean)"
         rows.append((label, value))
     rows += [(f"global {k} (micro, pooled pixels)", v) for k, v in result["global"].items()]
-    rows += [("images", n), ("boundary excluded (empty mask)", excluded)]
+    rows += [("images", n)]
+    if excluded is not None:
+        rows += [("boundary excluded (empty mask)", excluded)]
     table = format_table(("metric", "value"), rows, floatfmt)
     notes = "\n".join(f"- {k}: {v}" for k, v in result.get("definitions", {}).items())
     return table + ("\n\nDefinitions:\n\n" + notes if notes else "")

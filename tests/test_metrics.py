@@ -385,3 +385,16 @@ def test_markdown_table_of_metrics():
     assert "- global: micro: counts pooled over all pixels" in text
     with pytest.raises(ValueError, match="markdown_table expects"):
         markdown_table({"dice": 1.0})
+
+
+def test_boundary_not_computed_is_not_reported_as_excluded():
+    from segmentation.reports import markdown_table
+
+    meter = SegmentationMetrics(boundary=False)
+    mask = torch.zeros(2, 8, 8, dtype=torch.long)
+    mask[:, 2:5, 2:5] = 1
+    meter.update((mask[:, None].float() * 2 - 1), mask)
+    result = meter.compute()
+    assert result["boundary_excluded"] is None
+    table = markdown_table(result)
+    assert "hd95 (not computed)" in table and "boundary excluded" not in table
