@@ -13,7 +13,8 @@ image encoder, the decoder's ``conv_s0``/``conv_s1`` on the two high-resolution 
 reported as unexpected-and-allowed). Per Hiera block: an attention-output adapter with its own
 residual and a parallel MLP adapter scaled by 0.5, widths ``dim -> dim / 4 -> dim``.
 
-Not implemented: the Medical-SAM2 memory bank (see the report of issue 9).
+Optional (``memory_bank=N``): Medical SAM 2's similarity-sampled memory bank, see
+:mod:`networks.blocks.sam2_memory`.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from networks.blocks.sam import (
     encode_prompts,
     unused_single_mask_parameters,
 )
+from networks.blocks.sam2_memory import MemoryBank, build_sam2_memory
 from networks.blocks.sam_prompts import PromptedSegmenter
 from networks.common import check_input_shape, load_pretrained
 from networks.kernels.global_attention import global_attention
@@ -165,6 +167,15 @@ class SAM2Adapter(PromptedSegmenter):
         prompt, prompt_source, box_jitter: see ``PromptedSegmenter``.
         checkpoint: local official SAM 2 / 2.1 checkpoint (``{"model": state_dict}``).
         attention_backend: ``"native"`` (the package's SDPA) or a dispatcher backend.
+        memory_bank: 0 (default) = single-image SAM 2, exactly as without this option; N > 0 =
+            Medical SAM 2 memory bank of capacity N (paper: 16). Each image embedding is then
+            conditioned by SAM 2's ``memory_attention`` on up to ``memory_samples`` memories drawn
+            by similarity (instead of adding ``no_mem_embed``); in training, every image's memory
+            (``memory_encoder`` on its features and predicted mask) is added detached. The bank is
+            run-time state (not saved in ``state_dict``; ``self.memory.reset()`` empties it). Needs
+            square inputs (SAM 2's RoPE memory attention assumes a square grid).
+        memory_samples: memories drawn per image (default 4).
+        memory_seed: seed of the bank's own ``torch.Generator`` (global RNG untouched).
     """
 
     def __init__(
@@ -189,6 +200,9 @@ class SAM2Adapter(PromptedSegmenter):
         box_jitter: float = 0.1,
         checkpoint: str | None = None,
         attention_backend: str = "auto",
+        memory_bank: int = 0,
+        memory_samples: int = 4,
+        memory_seed: int = 0,
     ) -> None:
         super().__init__(prompt=prompt, prompt_source=prompt_source, box_jitter=box_jitter)
         check_sam_io(type(self).__name__, in_channels, num_classes)
@@ -211,6 +225,20 @@ class SAM2Adapter(PromptedSegmenter):
             adapter_init=adapter_init,
             attention_backend=attention_backend,
         )
+        if memory_bank < 0 or memory_samples < 1:
+            raise ValueError(
+                f"memory_bank must be >= 0 (0 = off) and memory_samples >= 1, got {memory_bank} "
+                f"and {memory_samples}; e.g. memory_bank=16, memory_samples=4."
+            )
+        self.memory: MemoryBank | None = None
+        if memory_bank:
+            self.memory = MemoryBank(memory_bank)
+            self.memory_samples = memory_samples
+            self.memory_generator = torch.Generator().manual_seed(memory_seed)
+            self.memory_attention, self.memory_encoder = build_sam2_memory(
+                d_model=d_model, grid=image_size // 16
+            )
+        self._pending: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.load_report: dict[str, list[str]] | None = None
         if checkpoint is not None:
             self.load_checkpoint(checkpoint)
@@ -225,6 +253,8 @@ class SAM2Adapter(PromptedSegmenter):
         unused = set(unused_single_mask_parameters(self.sam_mask_decoder))
         for name, param in self.sam_mask_decoder.named_parameters():
             param.requires_grad = name not in unused
+        if self.memory is not None:  # entries are detached, so the encoder never gets a gradient
+            self.memory_encoder.requires_grad_(False)
 
     def load_checkpoint(self, path: str) -> tuple[list[str], list[str]]:
         """Load an official SAM 2 checkpoint (adapters may be missing, video modules unexpected)."""
@@ -240,15 +270,63 @@ class SAM2Adapter(PromptedSegmenter):
         Returns the image embedding ``[B, C, H/16, W/16]`` and the two high-resolution features
         ``[B, C/8, H/4, W/4]``, ``[B, C/4, H/8, W/8]``.
         """
-        fpn = self.image_encoder(image)["backbone_fpn"]
+        out = self.image_encoder(image)
+        fpn = out["backbone_fpn"]
         high_res = [self.sam_mask_decoder.conv_s0(fpn[0]), self.sam_mask_decoder.conv_s1(fpn[1])]
         b, c, h, w = fpn[-1].shape
-        tokens = fpn[-1].flatten(2).permute(2, 0, 1) + self.no_mem_embed  # (HW, B, C)
+        tokens = fpn[-1].flatten(2).permute(2, 0, 1)  # (HW, B, C)
+        if self.memory is None:
+            tokens = tokens + self.no_mem_embed
+        else:
+            tokens = self.condition_on_memory(fpn[-1], out["vision_pos_enc"][-1])
         return tokens.permute(1, 2, 0).reshape(b, c, h, w), high_res
+
+    def condition_on_memory(self, feats: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        """Tokens ``(HW, B, C)`` of ``feats [B, C, h, w]`` attended to sampled bank memories.
+
+        Images for which the bank holds no memory of their size get ``no_mem_embed`` added, as in
+        ``SAM2Base`` for a frame without memory. Their raw features are kept for the update.
+        """
+        self._pending = [(f, f.mean((1, 2))) for f in feats.detach()]
+        out = []
+        for i in range(feats.shape[0]):
+            cur = feats[i : i + 1].flatten(2).permute(2, 0, 1)  # (HW, 1, C)
+            picked = [
+                j
+                for j in self.memory.sample(
+                    self._pending[i][1], self.memory_samples, self.memory_generator
+                )
+                if self.memory.entries[j][0].shape[-2:] == feats.shape[-2:]
+            ]
+            if not picked:
+                out.append(cur + self.no_mem_embed)
+                continue
+            mem, mem_pos = (
+                torch.cat([self.memory.entries[j][k].flatten(1).T for j in picked])[:, None]
+                for k in (0, 1)
+            )  # (M*HW, 1, C_mem)
+            cur_pos = pos[i : i + 1].flatten(2).permute(2, 0, 1)
+            out.append(self.memory_attention(cur, mem, cur_pos, mem_pos))
+        return torch.cat(out, 1)
+
+    @torch.no_grad()
+    def update_memory(self, logits: torch.Tensor) -> None:
+        """Add each image's memory (features + predicted mask ``[B, 1, H, W]``) to the bank."""
+        for (feats, key), mask in zip(self._pending, logits.detach(), strict=True):
+            # SAM2Base._encode_new_memory: scaled sigmoid of the high-resolution mask logits
+            mask_in = torch.sigmoid(mask[None]) * 20.0 - 10.0
+            enc = self.memory_encoder(feats[None], mask_in, skip_mask_sigmoid=True)
+            self.memory.update(key, enc["vision_features"][0], enc["vision_pos_enc"][0][0])
+        self._pending = []
 
     def segment(self, image, points, boxes) -> torch.Tensor:
         """Logits ``[B, 1, H, W]`` for ``image [B, 3, H, W]``; prompts in pixel coordinates."""
         check_input_shape(image, 32, type(self).__name__)
+        if self.memory is not None and image.shape[-1] != image.shape[-2]:
+            raise ValueError(
+                f"{type(self).__name__} with memory_bank needs square inputs (SAM 2's RoPE memory "
+                f"attention assumes a square grid), got {tuple(image.shape[-2:])}; crop or pad."
+            )
         embedding, high_res = self.image_features(image)
         if boxes is not None:  # SAM2ImagePredictor passes a box as two labelled corner points
             corners = boxes.reshape(-1, 2, 2)
@@ -281,7 +359,10 @@ class SAM2Adapter(PromptedSegmenter):
                 for i in range(b)
             ]
         )
-        return F.interpolate(low_res, size=image.shape[-2:], mode="bilinear", align_corners=False)
+        logits = F.interpolate(low_res, size=image.shape[-2:], mode="bilinear", align_corners=False)
+        if self.memory is not None and self.training:
+            self.update_memory(logits)
+        return logits
 
 
 HIERA_SMALL = dict(stages=(1, 2, 11, 2), global_att_blocks=(7, 10, 13))
