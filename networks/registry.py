@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 
@@ -77,22 +77,44 @@ class Registry:
             if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) and p.name != "self"
         ]
 
+    def check_kwargs(self, name: str, kwargs: dict[str, Any], bound: tuple[str, ...] = ()) -> None:
+        """Raise ``TypeError`` naming unknown ``kwargs`` of ``name``; ``bound`` lists arguments the
+        caller supplies itself (e.g. the image a transform is applied to)."""
+        target, _ = self.get(name)
+        if _takes_var_kwargs(target):
+            return
+        accepted = [a for a in self.accepted_kwargs(target) if a not in bound]
+        unknown = [k for k in kwargs if k not in accepted]
+        if unknown:
+            hints = []
+            for k in unknown:
+                close = difflib.get_close_matches(k, accepted, n=1, cutoff=0.6)
+                hints.append(f"'{k}'" + (f" (did you mean '{close[0]}'?)" if close else ""))
+            raise TypeError(
+                f"{self.kind} '{name}' got unknown argument(s) {', '.join(hints)}; "
+                f"accepted: {', '.join(accepted) or 'none'}."
+            )
+
+    def resolve(self, spec: Any, bound: tuple[str, ...] = ()) -> tuple[str, dict[str, Any]]:
+        """``"name"`` or ``{name: ..., **kwargs}`` -> ``(name, kwargs)``, checked like
+        :meth:`build` (unknown name: ``KeyError``; unknown argument or bad spec: ``TypeError``)."""
+        if isinstance(spec, str):
+            name, kwargs = spec, {}
+        elif isinstance(spec, Mapping) and "name" in spec:
+            name, kwargs = spec["name"], {k: v for k, v in spec.items() if k != "name"}
+        else:
+            raise TypeError(
+                f"a {self.kind} is a name or a mapping with 'name', got {spec!r}; "
+                f"registered: {', '.join(self.names())}."
+            )
+        self.check_kwargs(name, kwargs, bound)
+        return name, kwargs
+
     def build(self, name: str, **kwargs: Any) -> Any:
         """Build ``name`` with its defaults updated by ``kwargs``; unknown kwargs raise
         ``TypeError``."""
         target, defaults = self.get(name)
-        accepted = self.accepted_kwargs(target)
-        if not _takes_var_kwargs(target):
-            unknown = [k for k in kwargs if k not in accepted]
-            if unknown:
-                hints = []
-                for k in unknown:
-                    close = difflib.get_close_matches(k, accepted, n=1, cutoff=0.6)
-                    hints.append(f"'{k}'" + (f" (did you mean '{close[0]}'?)" if close else ""))
-                raise TypeError(
-                    f"{self.kind} '{name}' got unknown argument(s) {', '.join(hints)}; "
-                    f"accepted: {', '.join(accepted)}."
-                )
+        self.check_kwargs(name, kwargs)
         return target(**{**defaults, **kwargs})
 
 

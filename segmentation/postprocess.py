@@ -96,20 +96,8 @@ def build_postprocessing(steps: Sequence[str | dict]) -> Callable[[np.ndarray], 
     """One function ``mask [H, W] -> mask`` applying ``steps`` (names or ``{name, **kwargs}``)."""
     funcs = []
     for step in steps:
-        if isinstance(step, str):
-            name, kwargs = step, {}
-        elif isinstance(step, dict) and "name" in step:
-            name, kwargs = step["name"], {k: v for k, v in step.items() if k != "name"}
-        else:
-            raise TypeError(f"a post-processing step is a name or {{name: ...}}, got {step!r}.")
-        target, _ = POSTPROCESSING.get(name)
-        accepted = [a for a in POSTPROCESSING.accepted_kwargs(target) if a != "mask"]
-        unknown = [k for k in kwargs if k not in accepted]
-        if unknown:
-            raise TypeError(
-                f"post-processing step '{name}' got unknown argument(s) {unknown}; accepted: "
-                f"{', '.join(accepted) or 'none'}."
-            )
+        name, kwargs = POSTPROCESSING.resolve(step, bound=("mask",))
+        target = POSTPROCESSING.get(name)[0]
         funcs.append((target, kwargs))
 
     def apply(mask: np.ndarray) -> np.ndarray:

@@ -103,24 +103,7 @@ def _resolve(specs: Sequence[str | Mapping[str, Any]] | None) -> list[tuple[str,
         )
     out = []
     for spec in specs:
-        if isinstance(spec, str):
-            name, kwargs = spec, {}
-        elif isinstance(spec, Mapping) and "name" in spec:
-            name, kwargs = spec["name"], {k: v for k, v in spec.items() if k != "name"}
-        else:
-            raise TypeError(
-                f"an extra channel must be a name or a mapping with 'name', got {spec!r}; "
-                f"registered: {', '.join(CHANNELS.names())}."
-            )
-        target, _ = CHANNELS.get(name)  # KeyError with "did you mean"
-        accepted = [a for a in CHANNELS.accepted_kwargs(target) if a != "rgb"]
-        unknown = [k for k in kwargs if k not in accepted]
-        if unknown:
-            raise TypeError(
-                f"extra channel '{name}' got unknown argument(s) {unknown}; accepted: "
-                f"{', '.join(accepted)}."
-            )
-        out.append((name, kwargs))
+        out.append(CHANNELS.resolve(spec, bound=("rgb",)))
     return out
 
 

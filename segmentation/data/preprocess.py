@@ -302,14 +302,6 @@ def build_preprocessing(specs: Sequence[str | Mapping[str, Any]] | None) -> list
         )
     steps = []
     for spec in specs:
-        if isinstance(spec, str):
-            steps.append(PREPROCESSING.build(spec))
-        elif isinstance(spec, Mapping) and "name" in spec:
-            kwargs = {k: v for k, v in spec.items() if k != "name"}
-            steps.append(PREPROCESSING.build(spec["name"], **kwargs))
-        else:
-            raise TypeError(
-                f"a preprocess step must be a name or a mapping with 'name', got {spec!r}; "
-                f"registered: {', '.join(PREPROCESSING.names())}."
-            )
+        name, kwargs = PREPROCESSING.resolve(spec)
+        steps.append(PREPROCESSING.build(name, **kwargs))
     return steps
