@@ -59,6 +59,13 @@ def pad_to_multiple(x: torch.Tensor, divisor: int) -> torch.Tensor:
     return x
 
 
+def pad_or_check(x: torch.Tensor, divisor: int, pad: bool, network: str) -> torch.Tensor:
+    """Networks with a ``pad_input`` switch: zero-pad ``[B, C, H, W]`` to multiples of ``divisor``
+    (the caller crops its logits back), or raise :func:`check_input_shape`'s error."""
+    check_input_shape(x, 1 if pad else divisor, network)
+    return pad_to_multiple(x, divisor) if pad else x
+
+
 def load_pretrained(
     module: nn.Module,
     path: str | os.PathLike,

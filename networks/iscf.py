@@ -36,7 +36,7 @@ from networks.blocks.efficient import (
     to_map,
 )
 from networks.blocks.swin import FinalPatchExpand, PatchExpand
-from networks.common import check_input_shape, pad_to_multiple
+from networks.common import pad_or_check
 from networks.kernels.efficient_attention import context, read_context
 from networks.registry import NETWORKS
 
@@ -198,12 +198,7 @@ class ISCF(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Args: x ``[B, in_channels, H, W]``. Returns logits ``[B, num_classes, H, W]``."""
         h, w = x.shape[-2:]
-        divisor = self.encoder.reduction
-        if self.pad_input:
-            check_input_shape(x, 1, type(self).__name__)
-            x = pad_to_multiple(x, divisor)
-        else:
-            check_input_shape(x, divisor, type(self).__name__)
+        x = pad_or_check(x, self.encoder.reduction, self.pad_input, type(self).__name__)
         feats, sizes = self.encoder(x)
         if self.bridge is not None:
             feats = self.bridge(feats, sizes)

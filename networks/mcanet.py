@@ -19,7 +19,7 @@ from timm.layers import LayerNorm2d
 from torch import nn
 
 from networks.blocks.mscan import MSCAN, MSCAN_VARIANTS
-from networks.common import check_input_shape, pad_to_multiple
+from networks.common import pad_or_check
 from networks.kernels.axial_attention import axial_attention
 from networks.registry import NETWORKS
 
@@ -283,9 +283,7 @@ class MCANet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Args: x ``[B, C, H, W]``. Returns logits ``[B, num_classes, H, W]``."""
         h, w = x.shape[-2:]
-        if self.pad_input and x.ndim == 4:
-            x = pad_to_multiple(x, self.divisor)
-        check_input_shape(x, self.divisor, type(self).__name__)
+        x = pad_or_check(x, self.divisor, self.pad_input, type(self).__name__)
         logits = self.decoder(self.encoder(x))
         logits = F.interpolate(logits, x.shape[-2:], mode="bilinear", align_corners=False)
         return logits[..., :h, :w]

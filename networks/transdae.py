@@ -47,7 +47,7 @@ from networks.blocks.efficient import (
     to_tokens,
 )
 from networks.blocks.swin import FinalPatchExpand, PatchExpand
-from networks.common import check_input_shape, pad_to_multiple
+from networks.common import pad_or_check
 from networks.registry import NETWORKS
 
 
@@ -179,12 +179,7 @@ class TransDAE(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Args: x ``[B, in_channels, H, W]``. Returns logits ``[B, num_classes, H, W]``."""
         h, w = x.shape[-2:]
-        divisor = self.encoder.reduction
-        if self.pad_input:
-            check_input_shape(x, 1, type(self).__name__)
-            x = pad_to_multiple(x, divisor)
-        else:
-            check_input_shape(x, divisor, type(self).__name__)
+        x = pad_or_check(x, self.encoder.reduction, self.pad_input, type(self).__name__)
         feats, sizes = self.encoder(x)
         y, hw = expand_tokens(self.bottleneck_expand, feats[-1], sizes[-1])
         for j, i in enumerate(reversed(range(len(feats) - 1))):
