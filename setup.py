@@ -1,8 +1,18 @@
+import re
+from pathlib import Path
+
 from setuptools import find_packages, setup
+
+
+def _version() -> str:
+    """The version lives in one place: ``segmentation/__init__.py``."""
+    text = (Path(__file__).parent / "segmentation" / "__init__.py").read_text()
+    return re.search(r'^__version__ = "([^"]+)"', text, re.M).group(1)
+
 
 setup(
     name="dermseg",
-    version="0.1.0",
+    version=_version(),
     description="Skin-lesion segmenters under one honest training and evaluation protocol",
     python_requires=">=3.10",
     packages=find_packages(include=["segmentation", "segmentation.*", "networks", "networks.*"]),
@@ -26,6 +36,20 @@ setup(
         "segment-anything>=1.0",
         "sam2>=1.0",
     ],
+    entry_points={
+        "console_scripts": [
+            "dermseg-benchmark=segmentation.cli.benchmark:run",
+            "dermseg-evaluate=segmentation.cli.evaluate:main",
+            "dermseg-export=segmentation.cli.export:main",
+            "dermseg-make-splits=segmentation.cli.make_splits:main",
+            "dermseg-make-synthetic=segmentation.cli.make_synthetic:main",
+            "dermseg-model-card=segmentation.cli.model_card:main",
+            "dermseg-networks-table=segmentation.cli.networks_table:main",
+            "dermseg-predict=segmentation.cli.predict:main",
+            "dermseg-prepare-data=segmentation.cli.prepare_data:main",
+            "dermseg-train=segmentation.cli.train:main",
+        ]
+    },
     extras_require={
         "dev": ["pytest>=8", "ruff>=0.5"],
         "export": ["onnx>=1.15", "onnxruntime>=1.17"],

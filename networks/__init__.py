@@ -12,11 +12,11 @@ Example:
 from networks.att_swinunet import AttSwinUNet
 from networks.iscf import ISCF
 from networks.mcanet import MCANet
-from networks.medsam_ca import MedSAMCA
 from networks.registry import NETWORKS
-from networks.sam2_adapter import SAM2Adapter
-from networks.sam_adapter import SAMAdapter
-from networks.segdt import SegDT
+from networks.sam.medsam_ca import MedSAMCA
+from networks.sam.sam2_adapter import SAM2Adapter
+from networks.sam.sam_adapter import SAMAdapter
+from networks.segdt.model import SegDT
 from networks.smp_unet import SMPUNet
 from networks.swin_unet import SwinUNet
 from networks.transdae import TransDAE

@@ -1,1 +1,6 @@
-"""dermseg's training library: config, data, losses, metrics, trainer, hooks, checkpoints."""
+"""dermseg's training library: config, data, training, evaluation, inference, reporting, benchmarks.
+
+``docs/architecture.md`` maps the packages and what each may import.
+"""
+
+__version__ = "0.2.0"

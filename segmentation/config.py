@@ -117,7 +117,7 @@ class EvalConfig:
         boundary_definition: HD95/ASSD definition, ``monai`` (HD95: max of the directed 95th
         percentiles)
             or ``medpy`` (HD95: 95th percentile of the pooled distances); see
-            ``segmentation.metrics``.
+            ``segmentation.evaluation.metrics``.
     """
 
     metric: str = "dice"
@@ -257,7 +257,7 @@ def _validate_optim(spec: dict) -> None:
 
 
 def _validate_sched(spec: dict) -> None:
-    from segmentation import schedulers
+    from segmentation import optim as schedulers
 
     _validate_buildable("sched", spec, schedulers.SCHEDULERS, skip=("optimizer", "total_steps"))
 
@@ -328,7 +328,7 @@ def validate(raw: dict, source: str = "config") -> Config:
     _validate_sched(raw["sched"])
     train = _validate_dataclass("train", raw["train"], TrainConfig)
     evaluation = _validate_dataclass("eval", raw["eval"], EvalConfig)
-    from segmentation.metrics import higher_is_better
+    from segmentation.evaluation.metrics import higher_is_better
 
     try:
         higher_is_better(evaluation.metric)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from segmentation import benchmark
+from segmentation.benchmark import timing as benchmark
 from segmentation.runtime import MALLOC_ENV, MARKER, OPT_OUT
 
 ROOT = Path(__file__).resolve().parents[1]

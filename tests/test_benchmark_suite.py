@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from segmentation import benchmark_suite
-from segmentation.benchmark_readme import README_END, README_START, render_markdown, write_readme
-from segmentation.benchmark_suite import QUALITY, TOLERANCES, check, suite_configs
+from segmentation.benchmark import suite as benchmark_suite
+from segmentation.benchmark.readme import README_END, README_START, render_markdown, write_readme
+from segmentation.benchmark.suite import QUALITY, TOLERANCES, check, suite_configs
 from segmentation.config import load_config, validate
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -169,7 +169,7 @@ def test_readme_without_markers_is_an_error(tmp_path):
 
 
 def test_every_ci_config_loads_builds_and_shares_the_protocol():
-    from segmentation.experiment import build_dataset, build_model, model_spec
+    from segmentation.training.build import build_dataset, build_model, model_spec
 
     configs = {name: load_config(path) for name, path in suite_configs("ci").items()}
     proto = benchmark_suite.protocol(configs, threads=2, suite="ci")  # raises on disagreement

@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 
 from segmentation.config import ConfigError, load_config, validate
-from segmentation.experiment import build_dataset, build_model, model_spec
+from segmentation.training.build import build_dataset, build_model, model_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = sorted((ROOT / "experiments").rglob("*.yaml"))

@@ -1,7 +1,6 @@
 """Transforms, file readers, the on-disk base dataset, paired_folder, collate, make_synthetic."""
 
 import csv
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -10,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from segmentation.cli import make_synthetic
 from segmentation.data import (
     DATASETS,
     FileSegmentationDataset,
@@ -22,9 +22,6 @@ from segmentation.data import (
 )
 from segmentation.data import transforms as tfm
 from segmentation.data.transforms import IMAGENET_MEAN, IMAGENET_STD, worker_init_fn
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
-import make_synthetic  # noqa: E402
 
 
 def _pair(size=48, index=0):

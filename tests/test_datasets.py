@@ -361,7 +361,7 @@ def test_ham_grouped_split_fractions_on_many_lesions():
 
 def test_ita_of_uniform_patch_and_bins():
     from segmentation.data.color import ita, ita_group
-    from segmentation.fairness import skin_tone_columns
+    from segmentation.evaluation.fairness import skin_tone_columns
 
     patch = np.empty((40, 40, 3), np.uint8)
     patch[:] = (141, 85, 54)
@@ -378,7 +378,7 @@ def test_ita_of_uniform_patch_and_bins():
 
 
 def test_fairness_reports_tags_and_unknown_grouping():
-    from segmentation.fairness import check_groupings, fairness_reports
+    from segmentation.evaluation.fairness import check_groupings, fairness_reports
 
     rows = [
         {"id": str(i), "dice": d, "tags": t, "ita_chardon6": g, "ita_kinyanjui8": "le10"}
@@ -398,13 +398,10 @@ def test_fairness_reports_tags_and_unknown_grouping():
 
 
 def test_evaluate_groups_on_a_synthetic_run(tmp_path, capsys):
-    import sys
 
+    from segmentation.cli import evaluate
     from segmentation.config import validate
-    from segmentation.experiment import run_training
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
-    import evaluate
+    from segmentation.training.build import run_training
 
     config = validate(
         {
@@ -472,7 +469,7 @@ REAL_EXPERIMENTS = sorted(
 @pytest.mark.parametrize("path", REAL_EXPERIMENTS, ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_real_data_experiments_build_their_datasets(path, tmp_path):
     from segmentation.config import load_config
-    from segmentation.experiment import build_dataset
+    from segmentation.training.build import build_dataset
 
     name = load_config(path).raw["data"]["name"]
     if name == "ph2":
@@ -495,10 +492,8 @@ def test_real_data_experiments_build_their_datasets(path, tmp_path):
 
 def _tool(name):
     import importlib
-    import sys
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
-    return importlib.import_module(name)
+    return importlib.import_module(f"segmentation.cli.{name}")
 
 
 def test_prepare_data_summary_and_cache(tmp_path, capsys, monkeypatch):
@@ -560,7 +555,7 @@ def test_make_splits_writes_and_checks(tmp_path, capsys, monkeypatch):
 
 
 def test_unknown_ita_is_not_a_group():
-    from segmentation.fairness import fairness_reports
+    from segmentation.evaluation.fairness import fairness_reports
 
     rows = [
         {"id": "a", "dice": 0.9, "ita_chardon6": "light", "ita_kinyanjui8": "41_48"},

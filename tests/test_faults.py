@@ -16,7 +16,7 @@ from conftest import tiny_config as tiny
 
 from segmentation.checkpoint import find_resumable, load_checkpoint
 from segmentation.config import ConfigError, dump_config, validate
-from segmentation.experiment import run_training
+from segmentation.training.build import run_training
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "DERMSEG_NO_MALLOC_TUNING": "1"}
@@ -74,8 +74,7 @@ def dying_save(obj, f, *a, **k):
     return real_save(obj, f, *a, **k)
 ck.torch.save = dying_save
 sys.argv = ["train.py", "--cfg", {cfg!r}, "--out", {out!r}]
-sys.path.insert(0, {tools!r})
-import train
+from segmentation.cli import train
 sys.exit(train.main(sys.argv[1:]))
 """
 

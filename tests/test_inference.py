@@ -14,8 +14,7 @@ import torch
 
 import networks
 from segmentation.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
-from segmentation.experiment import run_training
-from segmentation.inference import (
+from segmentation.inference.predictors import (
     FlipTTAPredictor,
     Predictor,
     SlidingWindowPredictor,
@@ -23,9 +22,9 @@ from segmentation.inference import (
     logits_from_probabilities,
     probabilities,
 )
+from segmentation.training.build import run_training
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tools"))
 sys.path.insert(0, str(ROOT / "tests"))
 
 from conftest import tiny_config as tiny  # noqa: E402
@@ -129,8 +128,8 @@ def test_sliding_window_on_a_larger_image(model):
 
 def test_tta_predictor_plugs_into_evaluate_model(model):
     from segmentation.data import collate
-    from segmentation.evaluation import evaluate_model
-    from segmentation.experiment import build_dataset
+    from segmentation.evaluation.evaluate import evaluate_model
+    from segmentation.training.build import build_dataset
 
     config = tiny()
     dataset = build_dataset(config, "val", train=False)
@@ -164,7 +163,7 @@ def test_generative_uncertainty_through_tta_and_windows():
 
 
 def test_predict_folder_skips_corrupt_files(ckpt_path, tmp_path, capsys):
-    import predict
+    from segmentation.cli import predict
 
     sizes = _write_images(tmp_path / "in")
     out = tmp_path / "out"
@@ -188,7 +187,7 @@ def test_predict_folder_skips_corrupt_files(ckpt_path, tmp_path, capsys):
 
 
 def test_predict_sliding_window_keeps_native_size(ckpt_path, tmp_path):
-    import predict
+    from segmentation.cli import predict
 
     image = tmp_path / "big.png"
     cv2.imwrite(str(image), np.full((75, 101, 3), 128, np.uint8))
@@ -199,7 +198,7 @@ def test_predict_sliding_window_keeps_native_size(ckpt_path, tmp_path):
 
 
 def test_predict_exit_codes(ckpt_path, tmp_path):
-    import predict
+    from segmentation.cli import predict
 
     bad = tmp_path / "bad"
     bad.mkdir()
@@ -213,7 +212,7 @@ def test_predict_exit_codes(ckpt_path, tmp_path):
 
 
 def test_predict_writes_uncertainty_for_generative_networks(tmp_path):
-    import predict
+    from segmentation.cli import predict
 
     ckpt = _fake_ckpt(tmp_path / "segdt.pt", "segdt_tiny")
     image = tmp_path / "img.png"
@@ -230,7 +229,7 @@ def test_predict_writes_uncertainty_for_generative_networks(tmp_path):
 
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
 def test_export_parity_unet(ckpt_path, tmp_path, fmt):
-    import export
+    from segmentation.cli import export
 
     out = tmp_path / f"model.{fmt}"
     argv = ["--ckpt", str(ckpt_path), "--format", fmt, "--out", str(out)]
@@ -239,7 +238,7 @@ def test_export_parity_unet(ckpt_path, tmp_path, fmt):
     assert meta["dynamic_batch"] and meta["dynamic_size"]
     assert set(meta["max_abs_diff"]) == {"1x3x32x32", "2x3x32x32", "3x3x32x32", "1x3x64x96"}
     assert max(meta["max_abs_diff"].values()) <= 1e-4
-    from segmentation.export import load_exported
+    from segmentation.inference.export import load_exported
 
     x = np.random.default_rng(0).standard_normal((2, 3, 48, 80)).astype(np.float32)
     with torch.no_grad():
@@ -248,7 +247,7 @@ def test_export_parity_unet(ckpt_path, tmp_path, fmt):
 
 
 def test_export_swin_fixes_the_image_size(tmp_path):
-    from segmentation.export import export_checkpoint, load_exported
+    from segmentation.inference.export import export_checkpoint, load_exported
 
     ckpt = load_checkpoint(_fake_ckpt(tmp_path / "swin.pt", "swin_unet_tiny"))
     meta = export_checkpoint(ckpt, "torchscript", tmp_path / "swin.pt2", image_size=64)
@@ -260,9 +259,8 @@ def test_export_swin_fixes_the_image_size(tmp_path):
 
 
 def test_export_refuses_sampling_networks(tmp_path, capsys):
-    import export
-
-    from segmentation.export import ExportError, export_checkpoint
+    from segmentation.cli import export
+    from segmentation.inference.export import ExportError, export_checkpoint
 
     ckpt = _fake_ckpt(tmp_path / "segdt.pt", "segdt_tiny")
     with pytest.raises(ExportError, match=r"predict\(\)"):
@@ -279,7 +277,7 @@ def test_export_refuses_sampling_networks(tmp_path, capsys):
 
 @pytest.fixture(scope="module")
 def evaluation(ckpt_path, tmp_path_factory):
-    import evaluate
+    from segmentation.cli import evaluate
 
     out = tmp_path_factory.mktemp("eval")
     argv = ["--ckpt", str(ckpt_path), "--split", "test", "--out", str(out)]
@@ -299,8 +297,8 @@ def test_evaluate_report_has_markdown_and_figures(evaluation):
 
 
 def test_report_group_sections(evaluation, tmp_path):
-    from segmentation.report_figures import write_report
-    from segmentation.reports import group_report
+    from segmentation.evaluation.groups import group_report
+    from segmentation.reporting.figures import write_report
 
     metrics = json.loads((evaluation / "metrics.json").read_text())
     rows = [
@@ -318,9 +316,8 @@ def test_report_group_sections(evaluation, tmp_path):
 
 
 def test_model_card_sections(ckpt_path, evaluation, tmp_path):
-    import model_card
-
-    from segmentation.model_card import CARD_SECTIONS, config_hash
+    from segmentation.cli import model_card
+    from segmentation.reporting.model_card import CARD_SECTIONS, config_hash
 
     out = tmp_path / "MODEL_CARD.md"
     argv = ["--ckpt", str(ckpt_path), "--eval", str(evaluation), "--out", str(out)]
@@ -338,7 +335,7 @@ def test_model_card_sections(ckpt_path, evaluation, tmp_path):
 
 
 def test_config_hash_is_canonical():
-    from segmentation.model_card import config_hash
+    from segmentation.reporting.model_card import config_hash
 
     assert config_hash({"a": 1, "b": {"c": 2}}) == config_hash({"b": {"c": 2}, "a": 1})
     assert config_hash({"a": 1}) != config_hash({"a": 2})

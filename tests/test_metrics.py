@@ -7,20 +7,20 @@ import numpy as np
 import pytest
 import torch
 
-from segmentation.metrics import (
+from segmentation.evaluation.groups import group_report
+from segmentation.evaluation.metrics import (
     METRICS,
     SegmentationMetrics,
     assd,
     binarize,
     confusion_counts,
-    group_report,
     hausdorff_distance,
     hd95,
     higher_is_better,
-    markdown_table,
     metric_value,
     scores_from_counts,
 )
+from segmentation.reporting.tables import markdown_table
 
 
 def _mask(pixels=(), size=8):
@@ -388,7 +388,7 @@ def test_markdown_table_of_metrics():
 
 
 def test_boundary_not_computed_is_not_reported_as_excluded():
-    from segmentation.reports import markdown_table
+    from segmentation.reporting.tables import markdown_table
 
     meter = SegmentationMetrics(boundary=False)
     mask = torch.zeros(2, 8, 8, dtype=torch.long)

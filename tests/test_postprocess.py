@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from segmentation.postprocess import (
+from segmentation.evaluation.postprocess import (
     fill_holes,
     largest_component,
     opening,

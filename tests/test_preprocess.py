@@ -15,7 +15,6 @@ from segmentation.data.channels import (
     wavelet_subbands,
 )
 from segmentation.data.color import rgb_to_lab
-from segmentation.data.corruptions import corrupt
 from segmentation.data.preprocess import (
     PREPROCESSING,
     ApertureCorrection,
@@ -26,7 +25,8 @@ from segmentation.data.preprocess import (
 )
 from segmentation.data.synthetic import generate_sample
 from segmentation.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_transform
-from segmentation.experiment import build_dataset, model_spec
+from segmentation.evaluation.corruptions import corrupt
+from segmentation.training.build import build_dataset, model_spec
 
 # Generator indices (seed 0): 0 has no hair, ruler or aperture; 1 has an aperture; 29 is a
 # low-contrast lesion (L* darkening 4.1).

@@ -2,7 +2,6 @@
 trained inside the test; tools/evaluate.py --postprocess / --robustness end to end."""
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,12 +12,10 @@ from torch import nn
 from segmentation.checkpoint import load_checkpoint, model_from_checkpoint
 from segmentation.config import validate
 from segmentation.data import collate
-from segmentation.data.corruptions import CORRUPTIONS, SEVERITIES, CorruptedDataset, corrupt
 from segmentation.data.synthetic import generate_sample
 from segmentation.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from segmentation.experiment import build_dataset, run_training
-from segmentation.losses import BCEDiceLoss
-from segmentation.robustness import (
+from segmentation.evaluation.corruptions import CORRUPTIONS, SEVERITIES, CorruptedDataset, corrupt
+from segmentation.evaluation.robustness import (
     attack,
     degradation_plot,
     evaluate_adversarial,
@@ -26,6 +23,8 @@ from segmentation.robustness import (
     parse_kinds,
     robustness_tables,
 )
+from segmentation.losses import BCEDiceLoss
+from segmentation.training.build import build_dataset, run_training
 
 ROOT = Path(__file__).resolve().parents[1]
 CPU = torch.device("cpu")
@@ -205,8 +204,7 @@ def test_corruption_evaluation_and_tables(trained, tmp_path):
 
 
 def test_evaluate_cli_postprocess_and_robustness(trained, tmp_path):
-    sys.path.insert(0, str(ROOT / "tools"))
-    import evaluate
+    from segmentation.cli import evaluate
 
     ckpt = trained[3]
     args = ["--ckpt", str(ckpt), "--out", str(tmp_path), "--no-boundary"]

@@ -6,9 +6,9 @@ from segment_anything.modeling import Sam
 
 import networks
 from networks import build_network
-from networks.blocks.sam import build_sam_parts
-from networks.blocks.sam_prompts import boxes_from_masks, points_from_masks
-from networks.sam_adapter import TINY_SAM, SAMAdapter
+from networks.sam.blocks import build_sam_parts
+from networks.sam.prompts import boxes_from_masks, points_from_masks
+from networks.sam.sam_adapter import TINY_SAM, SAMAdapter
 
 
 def _masks(size=128):
@@ -285,7 +285,7 @@ def test_medsam_ca_shapes_gradients_and_freezing():
 
 
 def test_medsam_ca_structure_and_counts():
-    from networks.medsam_ca import MedSAMCA
+    from networks.sam.medsam_ca import MedSAMCA
 
     net = MedSAMCA()  # ViT-B, built but not run
     adapters = sum(p.numel() for n, p in net.named_parameters() if ".adapter." in n)
@@ -300,7 +300,7 @@ def test_medsam_ca_structure_and_counts():
 
 
 def test_medsam_ca_loads_medsam_checkpoint(tmp_path):
-    from networks.medsam_ca import TINY_MEDSAM_CA, MedSAMCA
+    from networks.sam.medsam_ca import TINY_MEDSAM_CA, MedSAMCA
 
     torch.manual_seed(2)
     sam = Sam(*build_sam_parts(**TINY_SAM))
@@ -341,7 +341,7 @@ def _official_sam2(net):
     """A ``SAM2Base`` from the package with our weights (memory modules unused in one image)."""
     from sam2.modeling.sam2_base import SAM2Base
 
-    from networks.sam2_adapter import TINY_SAM2, build_sam2_parts
+    from networks.sam.sam2_adapter import TINY_SAM2, build_sam2_parts
 
     base = SAM2Base(
         image_encoder=build_sam2_parts(**TINY_SAM2)[0],
@@ -366,7 +366,7 @@ def test_sam2_identity_init_equals_official_image_predictor(prompt, backend):
     import numpy as np
     from sam2.sam2_image_predictor import SAM2ImagePredictor
 
-    from networks.sam2_adapter import TINY_SAM2, SAM2Adapter
+    from networks.sam.sam2_adapter import TINY_SAM2, SAM2Adapter
 
     torch.manual_seed(0)
     net = SAM2Adapter(**TINY_SAM2, prompt=prompt, attention_backend=backend).eval()
@@ -422,7 +422,7 @@ def test_sam2_gradients_freezing_and_shapes():
 
 
 def test_sam2_checkpoint_loads_with_report(tmp_path):
-    from networks.sam2_adapter import TINY_SAM2, SAM2Adapter
+    from networks.sam.sam2_adapter import TINY_SAM2, SAM2Adapter
 
     torch.manual_seed(3)
     source = SAM2Adapter(**TINY_SAM2, adapter_init="released")
@@ -442,7 +442,7 @@ def test_sam2_checkpoint_loads_with_report(tmp_path):
 
 
 def test_sam2_hiera_tiny_parameter_counts():
-    from networks.sam2_adapter import SAM2Adapter
+    from networks.sam.sam2_adapter import SAM2Adapter
 
     net = SAM2Adapter()  # Hiera-T (SAM 2.1), built but not run
     adapters = sum(p.numel() for n, p in net.named_parameters() if ".adapter." in n)

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from networks import build_network
-from networks.blocks.sam2_memory import MemoryBank
+from networks.sam.memory import MemoryBank
 
 
 def _masks(b=2, size=128):

@@ -5,14 +5,14 @@ import torch
 import torch.nn.functional as F
 
 from networks import NETWORKS, SegDT, build_network
-from networks.blocks.dit import DIT_SIZES, DiT
-from networks.blocks.rectified_flow import (
+from networks.segdt.dit import DIT_SIZES, DiT
+from networks.segdt.flow import (
     euler_sample,
     flow_matching_loss,
     interpolate,
     sample_time,
 )
-from networks.blocks.taesd import TAESD
+from networks.segdt.taesd import TAESD
 
 TINY = ["segdt_tiny", "segdt_learned_tiny"]
 

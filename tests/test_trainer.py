@@ -9,8 +9,8 @@ from conftest import tiny_config
 
 from segmentation.checkpoint import load_checkpoint, model_from_checkpoint
 from segmentation.config import validate
-from segmentation.experiment import run_training
-from segmentation.trainer import Hook
+from segmentation.training.build import run_training
+from segmentation.training.trainer import Hook
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -33,7 +33,7 @@ def test_training_writes_run_folder(tmp_path):
 
 
 def test_validation_reads_the_validation_split(tmp_path):
-    from segmentation.experiment import build_dataset
+    from segmentation.training.build import build_dataset
 
     config = tiny()
     train, val = build_dataset(config, "train"), build_dataset(config, "val")

@@ -1,7 +1,7 @@
 """Extra input channels appended to RGB: wavelet detail sub-bands and local binary patterns.
 
 Selected by name in the data section; the dataset's ``in_channels`` follows, so every network is
-built with the right input width (``segmentation.experiment.model_spec`` reads it)::
+built with the right input width (``segmentation.training.build.model_spec`` reads it)::
 
     data:
       extra_channels: [wavelet_haar, lbp]     # 3 + 3 + 1 = 7 input channels

@@ -1,0 +1,234 @@
+"""Latent spaces in which a diffusion segmenter generates masks (used by ``networks.segdt.model``).
+
+Each space maps the ImageNet-normalised image to a conditioning latent, the mask to the target
+latent, and a generated latent back to mask logits at the input size:
+
+- ``TAESDLatentSpace``: the frozen TAESD autoencoder (8x, 4 channels) for both image and mask, the
+  SegDT paper's choice (Bekhouche et al. 2025). Needs the weights as a local file.
+- ``LearnedLatentSpace``: a small mask autoencoder and an image encoder trained from scratch.
+- ``PixelLatentSpace``: no autoencoder; area-down-sampled pixels, the mask mapped to [-1, 1].
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from networks.common import load_pretrained
+from networks.segdt.taesd import TAESD
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def mask_to_signed(mask: torch.Tensor, num_classes: int, dtype=torch.float32) -> torch.Tensor:
+    """``long [B, H, W]`` -> float ``[B, max(1, K), H, W]`` in {-1, 1} (lesion or one-hot)."""
+    if num_classes == 1:
+        onehot = (mask > 0).unsqueeze(1)
+    else:
+        onehot = F.one_hot(mask.long(), num_classes).permute(0, 3, 1, 2)
+    return onehot.to(dtype) * 2 - 1
+
+
+def _resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    return x if tuple(x.shape[-2:]) == tuple(size) else F.interpolate(x, size, mode="bilinear")
+
+
+class LatentSpace(nn.Module):
+    """Interface. Attributes: ``downsample`` (input side / latent side), ``mask_channels``,
+    ``image_channels`` (channels of the two latents)."""
+
+    downsample: int
+    mask_channels: int
+    image_channels: int
+
+    def encode_image(self, image: torch.Tensor) -> torch.Tensor:
+        """``[B, C, H, W]`` normalised image -> ``[B, image_channels, H/d, W/d]``."""
+        raise NotImplementedError
+
+    def encode_mask(self, mask: torch.Tensor) -> torch.Tensor:
+        """``long [B, H, W]`` -> ``[B, mask_channels, H/d, W/d]``."""
+        raise NotImplementedError
+
+    def decode(self, latent: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """``[B, mask_channels, h, w]`` -> logits ``[B, K, *size]``."""
+        raise NotImplementedError
+
+    def auxiliary_loss(self, z_mask, mask, loss_fn) -> tuple[torch.Tensor, dict[str, float]]:
+        """Extra training term (autoencoder reconstruction); zero for fixed spaces."""
+        return z_mask.new_zeros(()), {}
+
+
+class PixelLatentSpace(LatentSpace):
+    """No autoencoder: the latent is the image/mask area-averaged by ``downsample``.
+
+    Decoding up-samples the latent bilinearly; logits are ``logit_scale * latent`` (the latent is in
+    about [-1, 1], so 0 is the 0.5-probability boundary).
+    """
+
+    def __init__(
+        self, *, in_channels: int, num_classes: int, downsample: int, logit_scale: float
+    ) -> None:
+        super().__init__()
+        self.downsample, self.num_classes, self.logit_scale = downsample, num_classes, logit_scale
+        self.mask_channels, self.image_channels = num_classes, in_channels
+
+    def _pool(self, x: torch.Tensor) -> torch.Tensor:
+        return F.avg_pool2d(x, self.downsample) if self.downsample > 1 else x
+
+    def encode_image(self, image):
+        return self._pool(image)
+
+    def encode_mask(self, mask):
+        return self._pool(mask_to_signed(mask, self.num_classes))
+
+    def decode(self, latent, size):
+        return _resize(latent, size) * self.logit_scale
+
+
+class TAESDLatentSpace(LatentSpace):
+    """Frozen TAESD for image and mask (binary masks only: the mask is encoded as a grey image).
+
+    Args:
+        weights: local diffusers-layout TAESD file (see ``networks.segdt.taesd``).
+        image_mean, image_std: the normalisation of incoming images, undone before TAESD's [-1, 1].
+        logit_scale: decoded grey level in [-1, 1] (mean of the 3 channels) times this gives logits.
+        latent_scale: multiplies TAESD latents (1.0: TAESD latents are already about unit scale).
+    """
+
+    def __init__(
+        self,
+        *,
+        weights: str | os.PathLike,
+        image_mean=IMAGENET_MEAN,
+        image_std=IMAGENET_STD,
+        logit_scale: float = 4.0,
+        latent_scale: float = 1.0,
+    ) -> None:
+        super().__init__()
+        self.taesd = TAESD(weights=weights, freeze=True)
+        self.downsample, self.mask_channels, self.image_channels = 8, 4, 4
+        self.logit_scale, self.latent_scale = logit_scale, latent_scale
+        self.register_buffer("mean", torch.tensor(image_mean).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(image_std).view(1, -1, 1, 1), persistent=False)
+
+    def encode_image(self, image):
+        return self.taesd.encode((image * self.std + self.mean) * 2 - 1) * self.latent_scale
+
+    def encode_mask(self, mask):
+        signed = mask_to_signed(mask, 1, self.taesd.encoder.layers[0].weight.dtype)
+        return self.taesd.encode(signed.expand(-1, 3, -1, -1)) * self.latent_scale
+
+    def decode(self, latent, size):
+        grey = self.taesd.decode(latent / self.latent_scale).mean(dim=1, keepdim=True)
+        return _resize(grey, size) * self.logit_scale
+
+
+def _conv_stack(in_ch: int, out_ch: int, width: int, stages: int, *, up: bool) -> nn.Sequential:
+    """``stages`` stride-2 (or nearest-up-sampling) levels of two 3x3 conv + SiLU, 1x1 conv out."""
+    layers: list[nn.Module] = [nn.Conv2d(in_ch, width, 3, padding=1), nn.SiLU()]
+    for _ in range(stages):
+        resample = (
+            [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(width, width, 3, padding=1)]
+            if up
+            else [nn.Conv2d(width, width, 3, stride=2, padding=1)]
+        )
+        layers += [*resample, nn.SiLU(), nn.Conv2d(width, width, 3, padding=1), nn.SiLU()]
+    layers.append(nn.Conv2d(width, out_ch, 1))
+    return nn.Sequential(*layers)
+
+
+class LearnedLatentSpace(LatentSpace):
+    """Small learned mask autoencoder plus a learned image encoder.
+
+    The mask encoder ends in ``tanh`` so the target latent lives in [-1, 1] (the scale of the unit
+    noise); the mask decoder returns logits directly and is trained with the configured segmentation
+    loss on ``z_mask + latent_noise * N(0, 1)`` so it tolerates imperfect generated latents. The
+    image encoder has no loss of its own: the velocity loss trains it (conditioning encoder trained
+    with the denoiser).
+
+    Args:
+        in_channels, num_classes: image channels and mask classes.
+        downsample: power of two; latent side = input side / downsample.
+        latent_channels: mask latent channels.
+        image_channels: conditioning latent channels.
+        width: convolution width of the three conv stacks.
+        latent_noise: std of the noise added to the mask latent before decoding in training.
+        recon_weight: weight of the reconstruction term.
+        weights: a SegDT checkpoint (or state dict) whose ``latent.*`` entries initialise this
+            space; the mask encoder/decoder are then frozen (stage 2), the image encoder stays
+            trainable.
+    """
+
+    def __init__(
+        self,
+        *,
+        in_channels: int,
+        num_classes: int,
+        downsample: int = 4,
+        latent_channels: int = 4,
+        image_channels: int = 8,
+        width: int = 32,
+        latent_noise: float = 0.1,
+        recon_weight: float = 1.0,
+        weights: str | os.PathLike | None = None,
+    ) -> None:
+        super().__init__()
+        if downsample < 1 or downsample & (downsample - 1):
+            raise ValueError(
+                f"learned autoencoder downsample must be a power of two, got {downsample}; "
+                "use 2, 4 or 8."
+            )
+        stages = int(math.log2(downsample))
+        self.downsample, self.num_classes = downsample, num_classes
+        self.mask_channels, self.image_channels = latent_channels, image_channels
+        self.latent_noise, self.recon_weight = latent_noise, recon_weight
+        self.mask_encoder = _conv_stack(num_classes, latent_channels, width, stages, up=False)
+        self.mask_decoder = _conv_stack(latent_channels, num_classes, width, stages, up=True)
+        self.image_encoder = _conv_stack(in_channels, image_channels, width, stages, up=False)
+        self.frozen = weights is not None
+        if weights is not None:
+            load_pretrained(self, weights, key_map=_latent_entries)
+            self.mask_encoder.requires_grad_(False)
+            self.mask_decoder.requires_grad_(False)
+
+    def encode_image(self, image):
+        return self.image_encoder(image)
+
+    def encode_mask(self, mask):
+        signed = mask_to_signed(mask, self.num_classes, self.mask_encoder[0].weight.dtype)
+        return torch.tanh(self.mask_encoder(signed))
+
+    def decode(self, latent, size):
+        return _resize(self.mask_decoder(latent), size)
+
+    def auxiliary_loss(self, z_mask, mask, loss_fn):
+        if self.frozen:
+            return z_mask.new_zeros(()), {}
+        noisy = z_mask + self.latent_noise * torch.randn_like(z_mask)
+        logits = self.decode(noisy, tuple(mask.shape[-2:]))
+        if loss_fn is None:
+            # Without a configured loss, fall back to the plain likelihood.
+            recon = (
+                F.binary_cross_entropy_with_logits(logits[:, 0], (mask > 0).float())
+                if self.num_classes == 1
+                else F.cross_entropy(logits, mask.long())
+            )
+        else:
+            recon = loss_fn(logits, mask)
+        return self.recon_weight * recon, {"recon_loss": float(recon.detach())}
+
+
+def _latent_entries(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Keep a SegDT state dict's ``latent.*`` entries, without the prefix."""
+    picked = {k[len("latent.") :]: v for k, v in state.items() if k.startswith("latent.")}
+    if not picked:
+        raise RuntimeError(
+            "autoencoder_ckpt holds no 'latent.*' weights; pass the checkpoint of a SegDT run with "
+            f"autoencoder='learned' (first keys found: {list(state)[:5]})."
+        )
+    return picked

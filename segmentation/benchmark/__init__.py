@@ -1,0 +1,1 @@
+"""Benchmarks: speed timing, the quality suites and the README table writer."""

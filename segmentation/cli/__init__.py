@@ -1,0 +1,1 @@
+"""Command-line tools; ``tools/<name>.py`` and the ``dermseg-<name>`` console scripts run them."""

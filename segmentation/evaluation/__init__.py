@@ -1,0 +1,1 @@
+"""Evaluation as a library: metrics, boundary distances, groups, robustness, post-processing."""

@@ -1,0 +1,1 @@
+"""Inference: predictors (TTA, sliding window, files) and export (ONNX, TorchScript)."""

@@ -1,0 +1,1 @@
+"""Reporting: markdown tables, figures, overlays and model cards."""

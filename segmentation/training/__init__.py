@@ -1,0 +1,1 @@
+"""Training: build a run from a config (build.py), the Trainer loop and its hooks."""
