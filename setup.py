@@ -53,5 +53,10 @@ setup(
     extras_require={
         "dev": ["pytest>=8", "ruff>=0.5"],
         "export": ["onnx>=1.15", "onnxruntime>=1.17"],
+        # SAM 3 (networks/sam/sam3_adapter.py) is optional: its SAM License and its upper pins
+        # (numpy<2.4, tqdm<4.68, typing_extensions<4.16, einops<0.9) stay out of the core install.
+        # pip resolves them with the rest (older pydantic-core/anyio). psutil: imported by sam3 but
+        # not declared by it; open-clip-torch ships the BPE vocabulary SAM 3's tokenizer reads.
+        "sam3": ["sam3>=0.1.4,<0.2", "psutil>=5.9", "open-clip-torch>=2.20"],
     },
 )
