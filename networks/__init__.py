@@ -12,6 +12,7 @@ Example:
 from networks.att_swinunet import AttSwinUNet
 from networks.iscf import ISCF
 from networks.mcanet import MCANet
+from networks.nnunet2d import NNUNet2D
 from networks.registry import NETWORKS
 from networks.sam.medsam_ca import MedSAMCA
 from networks.sam.sam2_adapter import SAM2Adapter
@@ -38,6 +39,7 @@ __all__ = [
     "build_network",
     "list_networks",
     "UNet",
+    "NNUNet2D",
     "SwinUNet",
     "AttSwinUNet",
     "SMPUNet",

@@ -8,7 +8,11 @@ first convolution's stride (no pooling), transposed-convolution up-sampling, wid
 0.01), and deep supervision heads on the decoder levels. The topology (``strides``,
 ``kernel_sizes``) comes from the data: ``segmentation.planning`` derives it as nnU-Net does
 (down-sample until the feature map would fall under 4 px); the defaults are its plan for 128-px
-inputs.
+inputs. The planner also chooses the intensity normalisation, applied here as the first step of
+``forward`` so that training, prediction and export see the same input (``input_norm``): the
+pipeline delivers ImageNet-normalised images, and ``"dataset"`` re-standardises each channel with
+the training split's mean and standard deviation of that input (``input_mean``, ``input_std``),
+``"per_image"`` with each image's own (nnU-Net's default for non-CT images).
 
 Deep supervision: in training mode ``forward`` returns ``[full, 1/2, 1/4, ...]`` logits, each at
 its own resolution, and ``compute_loss`` weighs their losses ``1, 1/2, 1/4, ...`` normalised,
@@ -63,6 +67,10 @@ class NNUNet2D(nn.Module):
         deep_supervision_heads: number of auxiliary heads, from the 1/2 level down; ``None`` for
             nnU-Net's choice, every level but the lowest (``stages - 3``).
         dropout: dropout rate in every block (nnU-Net: 0).
+        input_norm: ``"none"``, ``"dataset"`` (z-score per channel with ``input_mean`` and
+            ``input_std``) or ``"per_image"`` (z-score per image and channel).
+        input_mean, input_std: per-channel statistics of the network input over the training
+            split (``input_norm="dataset"`` only; ``segmentation.planning`` measures them).
     """
 
     def __init__(
@@ -78,8 +86,31 @@ class NNUNet2D(nn.Module):
         deep_supervision: bool = True,
         deep_supervision_heads: int | None = None,
         dropout: float = 0.0,
+        input_norm: str = "none",
+        input_mean: Sequence[float] | None = None,
+        input_std: Sequence[float] | None = None,
     ) -> None:
         super().__init__()
+        self.input_norm = input_norm
+        if input_norm not in ("none", "dataset", "per_image"):
+            raise ValueError(
+                f"input_norm must be 'none', 'dataset' or 'per_image', got {input_norm!r}."
+            )
+        stats = (input_mean, input_std)
+        if (input_norm == "dataset") != all(v is not None for v in stats):
+            raise ValueError(
+                "input_mean and input_std are given exactly when input_norm='dataset' (got "
+                f"input_norm={input_norm!r}, input_mean={input_mean}, input_std={input_std})."
+            )
+        if input_norm == "dataset":
+            if not len(input_mean) == len(input_std) == in_channels or min(input_std) <= 0:
+                raise ValueError(
+                    f"input_mean and input_std need {in_channels} values (one per input channel) "
+                    f"and a positive std, got {list(input_mean)} and {list(input_std)}."
+                )
+            # buffers (saved with the weights, exported with the graph), not trained
+            self.register_buffer("input_mean", torch.tensor(input_mean).view(1, -1, 1, 1))
+            self.register_buffer("input_std", torch.tensor(input_std).view(1, -1, 1, 1))
         strides = [_pair(s, "strides", i) for i, s in enumerate(strides)]
         if len(strides) < 3 or strides[0] != (1, 1):
             raise ValueError(
@@ -99,7 +130,9 @@ class NNUNet2D(nn.Module):
                 f"max_width={max_width}."
             )
         most = len(strides) - 2  # DynUNet: fewer heads than up-sampling blocks
-        heads = max(0, len(strides) - 3) if deep_supervision_heads is None else deep_supervision_heads
+        heads = deep_supervision_heads
+        if heads is None:  # nnU-Net: every decoder level but the lowest (its weight is 0)
+            heads = max(0, len(strides) - 3)
         if not 0 <= heads <= most:
             raise ValueError(
                 f"deep_supervision_heads must be in [0, {most}] for {len(strides)} stages, got "
@@ -140,6 +173,11 @@ class NNUNet2D(nn.Module):
         """Args: x ``[B, C, H, W]``. Returns logits ``[B, K, H, W]``; in training mode with deep
         supervision the list ``[full, [B, K, H/2, W/2], [B, K, H/4, W/4], ...]``."""
         self.check_input_shape(x)
+        if self.input_norm == "dataset":
+            x = (x - self.input_mean) / self.input_std
+        elif self.input_norm == "per_image":
+            mean, std = x.mean(dim=(2, 3), keepdim=True), x.std(dim=(2, 3), keepdim=True)
+            x = (x - mean) / (std + 1e-8)
         unet = self.unet
         # DynUNet.forward would upsample the auxiliary logits to full size and stack them; its
         # skip layers store each head's output at its own resolution in `unet.heads`.

@@ -41,6 +41,7 @@ from monai.losses import DiceCELoss, DiceLoss
 from monai.losses import FocalLoss as MonaiFocalLoss
 from torch import nn
 
+from networks.blocks.deep_supervision import resize_mask
 from segmentation.registry import LOSSES
 
 
@@ -233,7 +234,9 @@ class DeepSupervision(nn.Module):
     mask resized by nearest neighbour (``nearest-exact``: pixel centres, like OpenCV
     ``INTER_NEAREST_EXACT``), as nnU-Net does (Isensee et al., Nature Methods 2021).
     Weights are used as given (normalise them yourself for a sum of 1). A single tensor (e.g. the
-    evaluation output) gets the plain base loss.
+    evaluation output) gets the plain base loss. Networks that own their deep supervision
+    (``compute_loss``, e.g. ``nnunet2d``) use ``networks.blocks.deep_supervision`` instead, which
+    derives nnU-Net's weights from the number of outputs.
 
     Args:
         base: base loss: a registered name (``"bce_dice"``), a spec
@@ -266,13 +269,7 @@ class DeepSupervision(nn.Module):
             )
         total, terms = 0.0, {}
         for i, (logits, weight) in enumerate(zip(outputs, self.weights, strict=True)):
-            target = mask
-            if tuple(logits.shape[-2:]) != tuple(mask.shape[-2:]):
-                target = F.interpolate(
-                    mask[:, None].float(), size=logits.shape[-2:], mode="nearest-exact"
-                )
-                target = target[:, 0].to(mask.dtype)  # (B, h_i, w_i)
-            loss = self.base(logits, target)
+            loss = self.base(logits, resize_mask(mask, logits.shape[-2:]))
             terms[f"level{i}"] = loss.detach()
             total = total + weight * loss
         self.terms = terms

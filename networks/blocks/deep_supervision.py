@@ -34,7 +34,7 @@ def deep_supervision_weights(num_outputs: int) -> list[float]:
 
 
 def resize_mask(mask: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
-    """Nearest-neighbour (``nearest-exact``) resize of a label map ``long [B, H, W]`` to ``size``."""
+    """Nearest-neighbour (``nearest-exact``) resize of a label map ``long [B, H, W]``."""
     if tuple(mask.shape[-2:]) == tuple(size):
         return mask
     resized = F.interpolate(mask[:, None].float(), size=tuple(size), mode="nearest-exact")
