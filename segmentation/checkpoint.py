@@ -25,6 +25,7 @@ from torch import nn
 
 import networks
 from networks.common import weights_from_checkpoint
+from segmentation.errors import CheckpointError
 
 _PREFIXES = ("_orig_mod.", "module.")
 
@@ -150,12 +151,12 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # truncated/corrupt archives raise several exception types
-        raise RuntimeError(
+        raise CheckpointError(
             f"checkpoint '{path}' is unreadable or truncated ({type(err).__name__}: {err}); "
             "use another checkpoint from the run folder (e.g. last.pt or best.pt)."
         ) from err
     if not isinstance(ckpt, dict) or "model_spec" not in ckpt or "model" not in ckpt:
-        raise RuntimeError(
+        raise CheckpointError(
             f"'{path}' is not a dermseg checkpoint (no 'model_spec'/'model' entries); "
             "for bare weights use networks.common.load_pretrained."
         )

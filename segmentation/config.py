@@ -28,6 +28,7 @@ from typing import Any
 
 import yaml
 
+from segmentation.errors import ConfigError
 from segmentation.registry import DATASETS, LOSSES, NETWORKS, Registry
 
 SECTIONS = ("model", "data", "loss", "optim", "sched", "train", "eval")
@@ -43,10 +44,6 @@ DATA_KEYS = (
     "max_skip_fraction",
 )
 _NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
-
-
-class ConfigError(ValueError):
-    """A configuration file or override is invalid; the message says where and how to fix it."""
 
 
 @dataclass(frozen=True)
@@ -80,6 +77,11 @@ class TrainConfig:
         keep_checkpoints: keep this many ``step_*.pt`` files besides ``last.pt``/``best.pt``.
         deterministic: ``torch.use_deterministic_algorithms`` (+ cuDNN determinism); two runs with
             the same seed then give identical results on the same hardware.
+        plan: ``auto`` derives the input size, batch size, network topology and normalisation
+            from the training split (``segmentation.planning``, nnU-Net's 2-D rules) wherever
+            the experiment leaves them out, prints the plan and writes ``plan.json``; ``off``.
+        plan_memory_gb: the planner's memory budget (nnU-Net's 8 GB GPU target; on CPU a compute
+            budget).
     """
 
     steps: int = 1000
@@ -102,6 +104,8 @@ class TrainConfig:
     max_nonfinite: int = 10
     keep_checkpoints: int = 3
     deterministic: bool = False
+    plan: str = "off"
+    plan_memory_gb: float = 8.0
 
 
 @dataclass(frozen=True)
@@ -338,6 +342,7 @@ def validate(raw: dict, source: str = "config") -> Config:
         ("train.amp", train.amp, ("auto", "on", "off")),
         ("train.lr_scaling", train.lr_scaling, ("none", "linear", "sqrt")),
         ("train.nonfinite", train.nonfinite, ("stop", "skip")),
+        ("train.plan", train.plan, ("off", "auto")),
         ("data.on_error", raw["data"].get("on_error", "raise"), ("raise", "skip")),
         ("eval.boundary_definition", evaluation.boundary_definition, ("monai", "medpy")),
     ]:

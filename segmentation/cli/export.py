@@ -12,7 +12,10 @@ from __future__ import annotations
 import argparse
 import sys
 
+from segmentation.cli.errors import cli_main
 
+
+@cli_main
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
@@ -29,11 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     from segmentation.checkpoint import load_checkpoint
     from segmentation.inference.export import ExportError, export_checkpoint
 
-    try:
-        ckpt = load_checkpoint(args.ckpt)
-    except (FileNotFoundError, RuntimeError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    ckpt = load_checkpoint(args.ckpt)
     try:
         meta = export_checkpoint(
             ckpt, args.format, args.out, image_size=args.image_size, tolerance=args.tolerance

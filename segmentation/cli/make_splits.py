@@ -17,6 +17,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from segmentation.cli.errors import cli_main
 from segmentation.data import DATASETS
 from segmentation.data.splits import SCHEMES, read_split_file, split_file_path, write_split_file
 
@@ -37,6 +38,7 @@ def compute(dataset: str, root: str, seed: int) -> tuple[str, dict[str, list[str
     return scheme, SCHEMES[scheme][0](ids, groups, seed)
 
 
+@cli_main
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter

@@ -14,7 +14,10 @@ from __future__ import annotations
 import argparse
 import sys
 
+from segmentation.cli.errors import cli_main
 
+
+@cli_main
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter

@@ -30,6 +30,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from segmentation.cli.errors import cli_main
 from segmentation.data import DATASETS, read_image, read_mask
 
 OFFICIAL = {  # dataset -> {split: count}; None = the whole set (no official split)
@@ -117,6 +118,7 @@ def write_cache(dataset: str, root: str, out: Path, size: int, split_name: str |
         print(f"cache: {split}: {len(ds)} pairs -> {out / split}")
 
 
+@cli_main
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter

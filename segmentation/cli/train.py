@@ -12,7 +12,10 @@ import sys
 import time
 from pathlib import Path
 
+from segmentation.cli.errors import cli_main
 
+
+@cli_main
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
@@ -35,46 +38,38 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from segmentation.checkpoint import find_resumable, load_checkpoint
-    from segmentation.config import ConfigError, load_config
+    from segmentation.config import load_config
     from segmentation.distributed import init_distributed, shutdown
     from segmentation.training.build import run_training
 
     main_process = init_distributed().is_main
     log = print if main_process else (lambda *a, **k: None)
-    try:
-        ckpt = None
-        if args.resume and args.resume != "auto":
-            run_dir = Path(args.resume)
-            path = find_resumable(run_dir)
-            if path is None:
-                raise FileNotFoundError(f"no complete checkpoint in {run_dir / 'checkpoints'}")
+    ckpt = None
+    if args.resume and args.resume != "auto":
+        run_dir = Path(args.resume)
+        path = find_resumable(run_dir)
+        if path is None:
+            raise FileNotFoundError(f"no complete checkpoint in {run_dir / 'checkpoints'}")
+        ckpt = load_checkpoint(path)
+        config = load_config(run_dir / "config.yaml", args.set)
+        log(f"resuming {run_dir} from {path.name} (step {ckpt['step']})")
+    elif args.cfg:
+        config = load_config(args.cfg, args.set)
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        run_dir = Path(args.out or f"runs/{Path(args.cfg).stem}-{stamp}")
+        path = find_resumable(run_dir) if args.resume == "auto" else None
+        if path is not None:
             ckpt = load_checkpoint(path)
-            config = load_config(run_dir / "config.yaml", args.set)
             log(f"resuming {run_dir} from {path.name} (step {ckpt['step']})")
-        elif args.cfg:
-            config = load_config(args.cfg, args.set)
-            stamp = time.strftime("%Y%m%d-%H%M%S")
-            run_dir = Path(args.out or f"runs/{Path(args.cfg).stem}-{stamp}")
-            path = find_resumable(run_dir) if args.resume == "auto" else None
-            if path is not None:
-                ckpt = load_checkpoint(path)
-                log(f"resuming {run_dir} from {path.name} (step {ckpt['step']})")
-            elif (run_dir / "checkpoints").exists() and args.resume != "auto":
-                raise FileExistsError(
-                    f"{run_dir} already holds checkpoints; use --resume {run_dir}, "
-                    "--resume auto, or another --out"
-                )
-        else:
-            parser.error("give --cfg FILE (new run) or --resume RUN_DIR")
-    except (ConfigError, FileNotFoundError, FileExistsError, RuntimeError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        elif (run_dir / "checkpoints").exists() and args.resume != "auto":
+            raise FileExistsError(
+                f"{run_dir} already holds checkpoints; use --resume {run_dir}, "
+                "--resume auto, or another --out"
+            )
+    else:
+        parser.error("give --cfg FILE (new run) or --resume RUN_DIR")
     start = time.time()
-    try:
-        metrics = run_training(config, run_dir, resume=ckpt)
-    except (ConfigError, FileNotFoundError) as err:  # e.g. a data root that does not exist
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    metrics = run_training(config, run_dir, resume=ckpt)
     shutdown()
     minutes = (time.time() - start) / 60
     log(
