@@ -1,5 +1,7 @@
 """SAM-based networks: official-model parity at identity init, freezing, prompts, weights."""
 
+import logging
+
 import pytest
 import torch
 from segment_anything.modeling import Sam
@@ -179,7 +181,7 @@ def test_state_dict_round_trip():
 
 
 @pytest.mark.parametrize("layout", ["sam", "medsam"])
-def test_official_checkpoint_loads_with_report(tmp_path, layout):
+def test_official_checkpoint_loads_with_report(tmp_path, layout, caplog):
     torch.manual_seed(1)
     sam = Sam(*build_sam_parts(**TINY_SAM)).eval()
     _randomise(sam)
@@ -188,7 +190,10 @@ def test_official_checkpoint_loads_with_report(tmp_path, layout):
     # the {"model": ...} wrapping used by fine-tuning scripts).
     path = tmp_path / f"{layout}.pth"
     torch.save(state if layout == "sam" else {"model": state}, path)
-    net = SAMAdapter(**TINY_SAM, checkpoint=str(path)).eval()
+    with caplog.at_level(logging.INFO, logger="networks.sam.prompts"):
+        net = SAMAdapter(**TINY_SAM, checkpoint=str(path)).eval()
+    assert f"SAMAdapter: loaded {path}" in caplog.text  # the report is printed, not only stored
+    assert net.load_report["path"] == str(path)
     assert net.load_report["unexpected"] == []
     assert net.load_report["missing"] and all(".adapter." in k for k in net.load_report["missing"])
     image = torch.randn(1, 3, 128, 128)
@@ -451,3 +456,20 @@ def test_sam2_hiera_tiny_parameter_counts():
     assert adapters == 2_306_544
     assert single_image == 31_440_721  # image encoder + SAM heads + no_mem_embed
     assert sum(p.numel() for p in net.parameters() if p.requires_grad) == adapters + decoder
+
+
+def test_sam_family_shares_one_freeze_and_loader():
+    from networks.sam.medsam_ca import MedSAMCA
+    from networks.sam.prompts import PromptedSegmenter
+    from networks.sam.sam2_adapter import SAM2Adapter
+
+    for cls in (SAMAdapter, MedSAMCA, SAM2Adapter):
+        assert issubclass(cls, PromptedSegmenter)
+        for method in ("freeze", "load_checkpoint", "load_pretrained_and_freeze"):
+            assert method not in vars(cls), f"{cls.__name__} re-implements {method}"
+    net = build_network("sam_adapter_tiny")
+    assert net.load_report is None  # nothing loaded
+    trainable = {n for n, p in net.named_parameters() if p.requires_grad}
+    assert trainable and all(
+        ".adapter." in n or n.startswith("mask_decoder.") for n in trainable
+    ), "only adapters and the mask decoder train"

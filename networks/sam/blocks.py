@@ -6,8 +6,8 @@ subclass that adds the adapter (nothing of ``Block.forward`` is re-written), so 
 of the official layers stay those of the official checkpoints and the adapters appear as new keys
 ``image_encoder.blocks.<i>.attn.adapter.*`` and ``image_encoder.blocks.<i>.mlp.adapter.*``.
 
-Prompt sampling and the prompt/loss/predict contract shared by every SAM-based network live in
-:mod:`networks.sam.prompts`.
+Prompt sampling, the prompt/loss/predict contract, freezing and official-checkpoint loading shared
+by every SAM-based network live in :mod:`networks.sam.prompts` (``PromptedSegmenter``).
 
 References:
     Kirillov et al., "Segment Anything", ICCV 2023 (``facebookresearch/segment-anything``).
@@ -82,13 +82,6 @@ class BottleneckAdapter(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.fc2(self.act(self.fc1(x)))
         return x + out if self.skip else out
-
-
-class OutputAdapted:
-    """Mixin: the wrapped module's output goes through ``self.adapter`` (adds its residual)."""
-
-    def forward(self, *args, **kwargs):
-        return self.adapter(super().forward(*args, **kwargs))
 
 
 class ParallelAdapted:
@@ -352,12 +345,3 @@ def unused_single_mask_parameters(mask_decoder: nn.Module) -> list[str]:
         for i in range(1, len(mask_decoder.output_hypernetworks_mlps))
     )
     return [n for n, _ in mask_decoder.named_parameters() if n.startswith(prefixes)]
-
-
-def adapter_keys(module: nn.Module) -> tuple[str, ...]:
-    """Key prefixes of every injected adapter (allowed missing when loading SAM weights)."""
-    return tuple(
-        sorted(
-            {k.split("adapter.")[0] + "adapter." for k in module.state_dict() if ".adapter." in k}
-        )
-    )

@@ -34,9 +34,9 @@ from timm.layers import LayerNorm2d
 from timm.layers.cbam import CbamModule
 from torch import nn
 
-from networks.common import check_input_shape, load_pretrained
+from networks.common import check_input_shape
 from networks.registry import NETWORKS
-from networks.sam.blocks import adapter_keys, encode_image, encode_prompts
+from networks.sam.blocks import encode_image, encode_prompts
 from networks.sam.sam_adapter import TINY_SAM, SAMAdapter
 
 _SAM_HEADS = ("output_upscaling.", "output_hypernetworks_mlps.", "iou_prediction_head.")
@@ -202,25 +202,20 @@ class MedSAMCA(SAMAdapter):
         skips = list(reversed(cnn_widths))  # decoder goes 1/8 -> 1
         self.up_stages = nn.ModuleList(UpStage(chans[i], chans[i + 1], skips[i]) for i in range(4))
         self.hypernetwork = MLP(embed_dim, embed_dim, decoder_channels[-1], 3)
-        if checkpoint is not None:
-            self.load_checkpoint(checkpoint)
-        self.freeze()
+        self.load_pretrained_and_freeze(checkpoint)
 
-    def freeze(self) -> None:
+    def frozen_prefixes(self) -> tuple[str, ...]:
         """Train adapters, CBR-Net, fusion and the decoder; freeze the ViT and prompt encoder."""
-        for name, param in self.image_encoder.named_parameters():
-            param.requires_grad = ".adapter." in name
-        self.prompt_encoder.requires_grad_(False)
+        return ("image_encoder.", "prompt_encoder.")
 
-    def load_checkpoint(self, path: str) -> tuple[list[str], list[str]]:
-        """Load a SAM/MedSAM checkpoint: new modules may be missing, unused SAM heads unexpected."""
-        new = ("cbr_net.", "fusion.", "up_stages.", "hypernetwork.") + adapter_keys(self)
-        dropped = tuple(f"mask_decoder.{n}" for n in _SAM_HEADS)
-        missing, unexpected = load_pretrained(
-            self, path, allowed_missing=new, allowed_unexpected=dropped
-        )
-        self.load_report = {"missing": missing, "unexpected": unexpected}
-        return missing, unexpected
+    def checkpoint_new_keys(self) -> tuple[str, ...]:
+        """The CNN branch, fusion and four-stage decoder, plus the adapters."""
+        new = ("cbr_net.", "fusion.", "up_stages.", "hypernetwork.")
+        return new + super().checkpoint_new_keys()
+
+    def checkpoint_unused_keys(self) -> tuple[str, ...]:
+        """SAM's up-scaling, hyper-network and IoU heads (replaced, not built)."""
+        return tuple(f"mask_decoder.{n}" for n in _SAM_HEADS)
 
     def segment(self, image, points, boxes) -> torch.Tensor:
         """Full-resolution logits ``[B, 1, H, W]`` for ``image [B, 3, H, W]`` (H, W % 16 == 0)."""

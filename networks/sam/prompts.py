@@ -12,14 +12,27 @@ Prompt modes (constructor argument ``prompt``):
   sampled from a mask. During training the mask is the ground truth. At evaluation it is either the
   ground truth - an **oracle prompt**, ``prompt_source == "oracle"``, which must be labelled as such
   in every table - or a mask provided by another network (``prompt_source == "provided"``).
+
+:class:`PromptedSegmenter` is the base of every SAM-family network: besides the prompt contract it
+owns what the adapters share - which parameters are frozen (:meth:`~PromptedSegmenter.freeze`),
+loading an official checkpoint with its key report (:meth:`~PromptedSegmenter.load_checkpoint`,
+kept in ``load_report``), and the order of the two at construction. Subclasses only say which
+prefixes are frozen, new, or unused.
 """
 
 from __future__ import annotations
+
+import logging
+import os
 
 import numpy as np
 import torch
 from scipy import ndimage
 from torch import nn
+
+from networks.common import load_pretrained
+
+logger = logging.getLogger(__name__)
 
 PROMPTS = ("none", "box", "point")
 PROMPT_SOURCES = ("oracle", "provided")
@@ -87,10 +100,26 @@ def points_from_masks(
     return coords.to(mask.device), labels.to(mask.device)
 
 
-class PromptedSegmenter(nn.Module):
-    """Base class: prompt handling, ``compute_loss`` and ``predict`` for SAM-based networks.
+def adapter_keys(module: nn.Module) -> tuple[str, ...]:
+    """Key prefixes of every injected adapter (allowed missing when loading SAM weights)."""
+    return tuple(
+        sorted(
+            {k.split("adapter.")[0] + "adapter." for k in module.state_dict() if ".adapter." in k}
+        )
+    )
 
-    Subclasses implement ``segment(image, points, boxes) -> logits [B, 1, H, W]``.
+
+class PromptedSegmenter(nn.Module):
+    """Base class of the SAM family: prompts, ``compute_loss``/``predict``, freezing, weights.
+
+    Subclasses implement ``segment(image, points, boxes) -> logits [B, 1, H, W]`` and
+    :meth:`frozen_prefixes`; they override :meth:`checkpoint_new_keys` /
+    :meth:`checkpoint_unused_keys` when their module tree differs from the official checkpoint's
+    beyond the adapters, and end their constructor with :meth:`load_pretrained_and_freeze`.
+
+    Attributes:
+        load_report: ``{"path", "missing", "unexpected"}`` of the last :meth:`load_checkpoint`
+            (also logged at INFO level); ``None`` when no official checkpoint was loaded.
 
     Args:
         prompt: ``"none"``, ``"box"`` or ``"point"`` (see the module docstring).
@@ -114,6 +143,58 @@ class PromptedSegmenter(nn.Module):
         self._prompt_source = prompt_source
         self.box_jitter = box_jitter
         self.prompt_provider: nn.Module | None = None
+        self.load_report: dict[str, str | list[str]] | None = None
+
+    def frozen_prefixes(self) -> tuple[str, ...]:
+        """Parameter-name prefixes that stay frozen (adapters inside them still train)."""
+        raise NotImplementedError(f"{type(self).__name__} must define frozen_prefixes().")
+
+    def checkpoint_new_keys(self) -> tuple[str, ...]:
+        """Prefixes of this network's keys that an official checkpoint lacks (default: adapters)."""
+        return adapter_keys(self)
+
+    def checkpoint_unused_keys(self) -> tuple[str, ...]:
+        """Prefixes of official-checkpoint keys this network does not use (default: none)."""
+        return ()
+
+    def freeze(self) -> None:
+        """Freeze the parameters under :meth:`frozen_prefixes` except adapters; train the rest."""
+        frozen = self.frozen_prefixes()
+        for name, param in self.named_parameters():
+            param.requires_grad = ".adapter." in name or not name.startswith(frozen)
+
+    def load_checkpoint(self, path: str | os.PathLike) -> tuple[list[str], list[str]]:
+        """Load an official checkpoint (local file) and record the key report in ``load_report``.
+
+        Only :meth:`checkpoint_new_keys` may be missing and :meth:`checkpoint_unused_keys`
+        unexpected; anything else raises (see :func:`networks.common.load_pretrained`).
+
+        Returns:
+            ``(missing, unexpected)`` key lists.
+        """
+        missing, unexpected = load_pretrained(
+            self,
+            path,
+            allowed_missing=self.checkpoint_new_keys(),
+            allowed_unexpected=self.checkpoint_unused_keys(),
+        )
+        self.load_report = {"path": os.fspath(path), "missing": missing, "unexpected": unexpected}
+        logger.info(
+            "%s: loaded %s; %d model keys kept their initialisation (%s), %d file keys unused (%s)",
+            type(self).__name__,
+            os.fspath(path),
+            len(missing),
+            ", ".join(missing[:6]),
+            len(unexpected),
+            ", ".join(unexpected[:6]),
+        )
+        return missing, unexpected
+
+    def load_pretrained_and_freeze(self, checkpoint: str | os.PathLike | None) -> None:
+        """End of construction: load ``checkpoint`` when given, then :meth:`freeze`."""
+        if checkpoint is not None:
+            self.load_checkpoint(checkpoint)
+        self.freeze()
 
     @property
     def prompt_source(self) -> str:

@@ -32,13 +32,12 @@ from sam2.modeling.sam.transformer import TwoWayTransformer
 from sam2.modeling.sam2_utils import MLP
 from torch import nn
 
-from networks.common import check_input_shape, load_pretrained
+from networks.common import check_input_shape
 from networks.kernels.global_attention import global_attention
 from networks.registry import NETWORKS
 from networks.sam.blocks import (
     BottleneckAdapter,
     ParallelAdapted,
-    adapter_keys,
     encode_prompts,
     unused_single_mask_parameters,
 )
@@ -239,30 +238,25 @@ class SAM2Adapter(PromptedSegmenter):
                 d_model=d_model, grid=image_size // 16
             )
         self._pending: list[tuple[torch.Tensor, torch.Tensor]] = []
-        self.load_report: dict[str, list[str]] | None = None
-        if checkpoint is not None:
-            self.load_checkpoint(checkpoint)
-        self.freeze()
+        self.load_pretrained_and_freeze(checkpoint)
 
-    def freeze(self) -> None:
-        """Train adapters and the mask decoder; freeze the rest (``no_mem_embed`` included)."""
-        for name, param in self.image_encoder.named_parameters():
-            param.requires_grad = ".adapter." in name
-        self.no_mem_embed.requires_grad = False
-        self.sam_prompt_encoder.requires_grad_(False)
-        unused = set(unused_single_mask_parameters(self.sam_mask_decoder))
-        for name, param in self.sam_mask_decoder.named_parameters():
-            param.requires_grad = name not in unused
-        if self.memory is not None:  # entries are detached, so the encoder never gets a gradient
-            self.memory_encoder.requires_grad_(False)
+    def frozen_prefixes(self) -> tuple[str, ...]:
+        """Train adapters, the mask decoder (minus unused heads) and the memory attention.
 
-    def load_checkpoint(self, path: str) -> tuple[list[str], list[str]]:
-        """Load an official SAM 2 checkpoint (adapters may be missing, video modules unexpected)."""
-        missing, unexpected = load_pretrained(
-            self, path, allowed_missing=adapter_keys(self), allowed_unexpected=SAM2_VIDEO_KEYS
-        )
-        self.load_report = {"missing": missing, "unexpected": unexpected}
-        return missing, unexpected
+        ``no_mem_embed`` stays frozen; so does the memory encoder, whose entries are stored
+        detached (it never gets a gradient).
+        """
+        unused = unused_single_mask_parameters(self.sam_mask_decoder)
+        return (
+            "image_encoder.",
+            "sam_prompt_encoder.",
+            "no_mem_embed",
+            "memory_encoder.",
+        ) + tuple(f"sam_mask_decoder.{n}" for n in unused)
+
+    def checkpoint_unused_keys(self) -> tuple[str, ...]:
+        """The video-memory modules of the official checkpoint (when the bank is off)."""
+        return SAM2_VIDEO_KEYS
 
     def image_features(self, image: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """``SAM2Base.forward_image`` + ``SAM2ImagePredictor.set_image`` for a batch.

@@ -19,12 +19,11 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from networks.common import check_input_shape, load_pretrained
+from networks.common import check_input_shape
 from networks.registry import NETWORKS
 from networks.sam.blocks import (
     SAM_VIT_CONFIGS,
     adapt_sam_vit,
-    adapter_keys,
     build_sam_parts,
     decode_masks,
     encode_image,
@@ -68,7 +67,8 @@ class SAMAdapter(PromptedSegmenter):
         prompt, prompt_source, box_jitter: see
             :class:`networks.sam.prompts.PromptedSegmenter`.
         checkpoint: local SAM or MedSAM checkpoint (official keys ``image_encoder.*``,
-            ``prompt_encoder.*``, ``mask_decoder.*``); the key report is kept in ``load_report``.
+            ``prompt_encoder.*``, ``mask_decoder.*``); adapters are the only keys allowed
+            missing, and the key report is kept in ``load_report``.
         attention_backend: ``"native"`` for SAM's own attention, else a global-attention dispatcher
             backend (``"auto"``, ``"reference"``, ...).
     """
@@ -127,26 +127,12 @@ class SAMAdapter(PromptedSegmenter):
             adapter_init=adapter_init,
             attention_backend=attention_backend,
         )
-        self.load_report: dict[str, list[str]] | None = None
-        if checkpoint is not None:
-            self.load_checkpoint(checkpoint)
-        self.freeze()
+        self.load_pretrained_and_freeze(checkpoint)
 
-    def freeze(self) -> None:
-        """Train adapters and the mask decoder; freeze everything else (see class docstring)."""
-        for name, param in self.image_encoder.named_parameters():
-            param.requires_grad = ".adapter." in name
-        self.prompt_encoder.requires_grad_(False)
-        self.mask_decoder.requires_grad_(True)
-        unused = set(unused_single_mask_parameters(self.mask_decoder))
-        for name, param in self.mask_decoder.named_parameters():
-            param.requires_grad = name not in unused
-
-    def load_checkpoint(self, path: str) -> tuple[list[str], list[str]]:
-        """Load an official SAM/MedSAM checkpoint; adapters are the only keys allowed missing."""
-        missing, unexpected = load_pretrained(self, path, allowed_missing=adapter_keys(self))
-        self.load_report = {"missing": missing, "unexpected": unexpected}
-        return missing, unexpected
+    def frozen_prefixes(self) -> tuple[str, ...]:
+        """Train adapters and the mask decoder (minus its unused multimask/IoU heads)."""
+        unused = unused_single_mask_parameters(self.mask_decoder)
+        return ("image_encoder.", "prompt_encoder.") + tuple(f"mask_decoder.{n}" for n in unused)
 
     def segment(self, image, points, boxes) -> torch.Tensor:
         """Logits ``[B, 1, H, W]`` for ``image [B, 3, H, W]``; prompts in pixel coordinates."""
