@@ -13,6 +13,10 @@ Prompt modes (constructor argument ``prompt``):
   ground truth - an **oracle prompt**, ``prompt_source == "oracle"``, which must be labelled as such
   in every table - or a mask provided by another network (``prompt_source == "provided"``).
 
+A subclass may accept more kinds (``prompt_kinds``); those in ``automatic_prompts`` take nothing
+from a mask and are never oracle prompts (SAM 3: ``"text"``). ``"exemplar"`` (SAM 3) is sampled
+like ``"box"``; the network decides what to do with the box.
+
 :class:`PromptedSegmenter` is the base of every SAM-family network: besides the prompt contract it
 owns what the adapters share - which parameters are frozen (:meth:`~PromptedSegmenter.freeze`),
 loading an official checkpoint with its key report (:meth:`~PromptedSegmenter.load_checkpoint`,
@@ -120,19 +124,24 @@ class PromptedSegmenter(nn.Module):
     Attributes:
         load_report: ``{"path", "missing", "unexpected"}`` of the last :meth:`load_checkpoint`
             (also logged at INFO level); ``None`` when no official checkpoint was loaded.
+        prompt_kinds: the accepted ``prompt`` values (class attribute).
+        automatic_prompts: the kinds that need no mask (class attribute; never oracle).
 
     Args:
-        prompt: ``"none"``, ``"box"`` or ``"point"`` (see the module docstring).
+        prompt: one of ``prompt_kinds`` (see the module docstring).
         prompt_source: where evaluation prompts come from when ``prompt != "none"``: ``"oracle"``
             (the ground truth passed as ``prompt_mask``) or ``"provided"`` (another network's
             prediction, passed as ``prompt_mask`` or produced by :meth:`set_prompt_provider`).
         box_jitter: training-time box perturbation, as a fraction of the box side.
     """
 
+    prompt_kinds: tuple[str, ...] = PROMPTS
+    automatic_prompts: tuple[str, ...] = ("none",)
+
     def __init__(self, *, prompt: str, prompt_source: str = "oracle", box_jitter: float = 0.1):
         super().__init__()
-        if prompt not in PROMPTS:
-            raise ValueError(f"prompt '{prompt}' unknown; choose one of {PROMPTS}.")
+        if prompt not in self.prompt_kinds:
+            raise ValueError(f"prompt '{prompt}' unknown; choose one of {self.prompt_kinds}.")
         if prompt_source not in PROMPT_SOURCES:
             raise ValueError(
                 f"prompt_source '{prompt_source}' unknown; choose one of {PROMPT_SOURCES}."
@@ -199,13 +208,15 @@ class PromptedSegmenter(nn.Module):
     @property
     def prompt_source(self) -> str:
         """``"none"`` (automatic), ``"oracle"`` (ground-truth prompts) or ``"provided"``."""
-        return "none" if self.prompt == "none" else self._prompt_source
+        return "none" if self.prompt in self.automatic_prompts else self._prompt_source
 
     @property
     def prompt_description(self) -> str:
         """Human-readable label for tables, e.g. ``"oracle prompt (box from ground truth)"``."""
         if self.prompt == "none":
             return "no prompt (automatic)"
+        if self.prompt in self.automatic_prompts:
+            return f"{self.prompt} prompt (automatic)"
         if self.prompt_source == "oracle":
             return f"oracle prompt ({self.prompt} from ground truth)"
         return f"provided prompt ({self.prompt} from another network's mask)"
@@ -224,7 +235,7 @@ class PromptedSegmenter(nn.Module):
         self, mask: torch.Tensor | None, *, random: bool
     ) -> tuple[tuple[torch.Tensor, torch.Tensor] | None, torch.Tensor | None]:
         """Prompts ``(points, boxes)`` for ``self.prompt`` from ``mask [B, H, W]``."""
-        if self.prompt == "none":
+        if self.prompt in self.automatic_prompts:
             return None, None
         if mask is None:
             raise ValueError(
@@ -234,7 +245,7 @@ class PromptedSegmenter(nn.Module):
             )
         if mask.ndim == 4:
             mask = mask[:, 0]
-        if self.prompt == "box":
+        if self.prompt in ("box", "exemplar"):
             return None, boxes_from_masks(mask, jitter=self.box_jitter if random else 0.0)
         return points_from_masks(mask, random=random), None
 
@@ -242,7 +253,7 @@ class PromptedSegmenter(nn.Module):
         raise NotImplementedError
 
     def forward(self, x: torch.Tensor, prompt_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Args: x ``[B, 3, H, W]``; prompt_mask ``[B, H, W]`` (needed unless ``prompt="none"``).
+        """Args: x ``[B, 3, H, W]``; prompt_mask ``[B, H, W]`` (not for ``automatic_prompts``).
 
         Prompts are random in training mode and deterministic in eval mode.
         Returns logits ``[B, 1, H, W]``.
@@ -254,7 +265,8 @@ class PromptedSegmenter(nn.Module):
         """Training step: prompts sampled from ``batch["mask"]`` (ground truth) when prompted."""
         logits = self(batch["image"], prompt_mask=batch["mask"])
         loss = loss_fn(logits, batch["mask"])
-        return loss, {"loss": float(loss.detach()), "oracle_prompt": float(self.prompt != "none")}
+        oracle = float(self.prompt not in self.automatic_prompts)
+        return loss, {"loss": float(loss.detach()), "oracle_prompt": oracle}
 
     @torch.no_grad()
     def predict(self, image: torch.Tensor, prompt_mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -263,6 +275,7 @@ class PromptedSegmenter(nn.Module):
         Pass the ground truth as ``prompt_mask`` for an oracle prompt, another network's binary
         mask for a provided prompt; with a prompt provider set, ``prompt_mask`` may be omitted.
         """
-        if self.prompt != "none" and prompt_mask is None and self.prompt_provider is not None:
+        automatic = self.prompt in self.automatic_prompts
+        if not automatic and prompt_mask is None and self.prompt_provider is not None:
             prompt_mask = (self.prompt_provider(image)[:, 0] > 0).long()
         return self(image, prompt_mask=prompt_mask)
