@@ -70,7 +70,9 @@ def test_memory_adapter_trains_and_changes_output_once_bank_is_filled():
     with torch.no_grad():
         ref = plain.eval()(x)
         torch.testing.assert_close(net.eval()(x), ref, rtol=0, atol=0)  # empty bank: no change
-    assert len(net.memory) == 0  # evaluation never writes to the bank
+    assert len(net.memory) == 2  # evaluation fills the bank too (Medical SAM 2)
+    net.reset_state()
+    assert len(net.memory) == 0
     batch = {"image": x, "mask": _masks()}
     for step in range(2):
         net.train().zero_grad()
@@ -100,3 +102,82 @@ def test_memory_bank_zero_is_the_plain_adapter():
         assert torch.equal(off.eval()(x), default.eval()(x))
     with pytest.raises(ValueError, match="memory_bank must be >= 0"):
         build_network("sam2_adapter_tiny", memory_bank=-1)
+
+
+def _eval_set():
+    from conftest import tiny_config
+
+    from segmentation.training.build import build_dataset
+
+    config = tiny_config(
+        data={"name": "synthetic", "image_size": 64, "n_train": 4, "n_val": 6, "n_test": 6}
+    )
+    return config, build_dataset(config, "test", train=False)
+
+
+def _test_logits(net, config, dataset):
+    """Logits of every test image through ``evaluate_model`` (batch 2, evaluation order)."""
+    from dataclasses import replace
+
+    from segmentation.data import collate
+    from segmentation.evaluation.evaluate import evaluate_model, predict_logits
+
+    seen, bank_sizes = [], []
+
+    def predictor(model, image):
+        bank_sizes.append(len(net.memory or ()))
+        seen.append(predict_logits(model, image))
+        return seen[-1]
+
+    eval_config = replace(config.eval, batch_size=2)
+    metrics, _ = evaluate_model(
+        net,
+        dataset,
+        device=torch.device("cpu"),
+        eval_config=eval_config,
+        collate_fn=collate,
+        predictor=predictor,
+    )
+    return torch.cat(seen), bank_sizes, metrics
+
+
+def test_rebuilt_model_predicts_like_the_live_one_and_training_memories_do_not_leak():
+    from segmentation.checkpoint import model_from_checkpoint
+
+    config, dataset = _eval_set()
+    kwargs = {"adapter_init": "released", "memory_bank": 4}
+    torch.manual_seed(0)
+    live = build_network("sam2_adapter_tiny", **kwargs)
+    optimizer = torch.optim.AdamW([p for p in live.parameters() if p.requires_grad], lr=1e-3)
+    gen = torch.Generator().manual_seed(3)
+    for _ in range(3):  # training fills the bank with training memories
+        batch = {"image": torch.randn(2, 3, 64, 64, generator=gen), "mask": _masks(2, 64)}
+        loss, _ = live.train().compute_loss(batch, lambda lg, m: (lg - m[:, None]).square().mean())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert len(live.memory) == 4
+    ckpt = {
+        "model_spec": {"name": "sam2_adapter_tiny", "kwargs": kwargs},
+        "model": live.state_dict(),
+    }
+    rebuilt = model_from_checkpoint(ckpt)
+    assert len(rebuilt.memory) == 0
+    live_logits, live_sizes, live_metrics = _test_logits(live, config, dataset)
+    rebuilt_logits, rebuilt_sizes, rebuilt_metrics = _test_logits(rebuilt, config, dataset)
+    # Each pass starts from an empty bank and fills it with the network's own predictions, in
+    # evaluation order, one batch after the other; nothing is left behind for training.
+    assert live_sizes == rebuilt_sizes == [0, 2, 4]
+    assert len(live.memory) == len(rebuilt.memory) == 0
+    torch.testing.assert_close(live_logits, rebuilt_logits, rtol=0, atol=1e-6)
+    assert live_metrics["per_image"] == rebuilt_metrics["per_image"]
+    # The trained memory attention really runs at test time: batches 2 and 3 differ from the
+    # no-memory prediction of the same weights.
+    plain = build_network("sam2_adapter_tiny", adapter_init="released")
+    plain.load_state_dict(live.state_dict(), strict=False)
+    plain_logits, _, _ = _test_logits(plain.eval(), config, dataset)
+    torch.testing.assert_close(plain_logits[:2], live_logits[:2], rtol=0, atol=1e-6)
+    assert (plain_logits[2:] - live_logits[2:]).abs().max() > 1e-3
+    # A second pass repeats the first exactly (the bank's sampler is re-seeded too).
+    again, _, _ = _test_logits(live, config, dataset)
+    torch.testing.assert_close(again, live_logits, rtol=0, atol=0)

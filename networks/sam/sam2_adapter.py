@@ -14,7 +14,20 @@ reported as unexpected-and-allowed). Per Hiera block: an attention-output adapte
 residual and a parallel MLP adapter scaled by 0.5, widths ``dim -> dim / 4 -> dim``.
 
 Optional (``memory_bank=N``): Medical SAM 2's similarity-sampled memory bank, see
-:mod:`networks.sam.memory`.
+:mod:`networks.sam.memory`. The bank is run-time state, handled as in Medical SAM 2's
+``train_sam`` / ``validation_sam`` (``func_2d/function.py``):
+
+* every forward pass, in training *and* evaluation, conditions each image on memories sampled from
+  the bank and then adds each image's memory (its features and the network's own predicted mask,
+  never the ground truth) once the whole batch is segmented - images of one batch do not see each
+  other;
+* :meth:`SAM2Adapter.reset_state` empties the bank and re-seeds its sampler.
+  :func:`segmentation.evaluation.evaluate.evaluate_model` calls it at the start and at the end of
+  every pass, so each evaluation (the Trainer's validation included) starts from an empty bank
+  filled in evaluation order, training memories never reach validation, and validation memories
+  never reach training. A model rebuilt from a checkpoint therefore predicts exactly like the live
+  model. The result depends on the evaluation order and batch size (deterministic for a given
+  split and ``eval.batch_size``); under DDP each rank fills its own bank from its shard.
 """
 
 from __future__ import annotations
@@ -169,12 +182,14 @@ class SAM2Adapter(PromptedSegmenter):
         memory_bank: 0 (default) = single-image SAM 2, exactly as without this option; N > 0 =
             Medical SAM 2 memory bank of capacity N (paper: 16). Each image embedding is then
             conditioned by SAM 2's ``memory_attention`` on up to ``memory_samples`` memories drawn
-            by similarity (instead of adding ``no_mem_embed``); in training, every image's memory
-            (``memory_encoder`` on its features and predicted mask) is added detached. The bank is
-            run-time state (not saved in ``state_dict``; ``self.memory.reset()`` empties it). Needs
+            by similarity (instead of adding ``no_mem_embed``); after every forward pass (training
+            and evaluation) each image's memory (``memory_encoder`` on its features and predicted
+            mask) is added detached. The bank is run-time state, not saved in ``state_dict``;
+            :meth:`reset_state` empties it (see the module docstring for evaluation). Needs
             square inputs (SAM 2's RoPE memory attention assumes a square grid).
         memory_samples: memories drawn per image (default 4).
-        memory_seed: seed of the bank's own ``torch.Generator`` (global RNG untouched).
+        memory_seed: seed of the bank's own ``torch.Generator`` (global RNG untouched), restored
+            by :meth:`reset_state`.
     """
 
     def __init__(
@@ -233,6 +248,7 @@ class SAM2Adapter(PromptedSegmenter):
         if memory_bank:
             self.memory = MemoryBank(memory_bank)
             self.memory_samples = memory_samples
+            self.memory_seed = memory_seed
             self.memory_generator = torch.Generator().manual_seed(memory_seed)
             self.memory_attention, self.memory_encoder = build_sam2_memory(
                 d_model=d_model, grid=image_size // 16
@@ -257,6 +273,16 @@ class SAM2Adapter(PromptedSegmenter):
     def checkpoint_unused_keys(self) -> tuple[str, ...]:
         """The video-memory modules of the official checkpoint (when the bank is off)."""
         return SAM2_VIDEO_KEYS
+
+    def reset_state(self) -> None:
+        """Empty the memory bank and re-seed its sampler (no-op without a bank).
+
+        Called by ``evaluate_model`` at the start and end of every evaluation pass.
+        """
+        self._pending = []
+        if self.memory is not None:
+            self.memory.reset()
+            self.memory_generator.manual_seed(self.memory_seed)
 
     def image_features(self, image: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """``SAM2Base.forward_image`` + ``SAM2ImagePredictor.set_image`` for a batch.
@@ -354,7 +380,7 @@ class SAM2Adapter(PromptedSegmenter):
             ]
         )
         logits = F.interpolate(low_res, size=image.shape[-2:], mode="bilinear", align_corners=False)
-        if self.memory is not None and self.training:
+        if self.memory is not None:  # Medical SAM 2 fills the bank in evaluation too
             self.update_memory(logits)
         return logits
 

@@ -84,6 +84,8 @@ def evaluate_model(
     )
     net = unwrap(model)
     oracle = getattr(net, "prompt_source", None) == "oracle"
+    reset_state = getattr(net, "reset_state", lambda: None)  # e.g. the SAM 2 memory bank
+    reset_state()  # every pass starts empty and fills the state in evaluation order
     for batch in loader:
         image = batch["image"].to(device)
         with autocast():
@@ -92,6 +94,7 @@ def evaluate_model(
             else:
                 logits = predictor(model, image)
         meter.update(logits.float().cpu(), batch["mask"], ids=batch["id"], meta=batch["meta"])
+    reset_state()  # and leaves nothing behind for training or the next pass
     model.train(was_training)
     if dist_info.enabled:
         states = gather_states(meter.state(), dist_info)
