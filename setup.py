@@ -45,6 +45,7 @@ setup(
             "dermseg-make-synthetic=segmentation.cli.make_synthetic:main",
             "dermseg-model-card=segmentation.cli.model_card:main",
             "dermseg-networks-table=segmentation.cli.networks_table:main",
+            "dermseg-plan=segmentation.cli.plan:main",
             "dermseg-predict=segmentation.cli.predict:main",
             "dermseg-prepare-data=segmentation.cli.prepare_data:main",
             "dermseg-train=segmentation.cli.train:main",

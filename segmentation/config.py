@@ -200,6 +200,9 @@ def _constructor_defaults(registry: Registry, name: str) -> dict[str, Any]:
         for p in params.values()
         if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) and p.name != "self"
     }
+    for p in params.values():  # e.g. SGD `momentum: float = 0`: the value may be 0.99
+        if type(defaults.get(p.name)) is int and "float" in str(p.annotation):
+            defaults[p.name] = float(defaults[p.name])
     defaults.update(preset)
     return defaults
 

@@ -478,6 +478,10 @@ def test_real_data_experiments_build_their_datasets(path, tmp_path):
         # 10 pairs per split: enough for a non-empty val under isic2018_1815_259_520
         isic_tree(tmp_path, {"isic2017": isic.ISIC2017, "isic2018": isic.ISIC2018}[name], 10)
     config = load_config(path, [f"data.root={tmp_path}", "data.allow_partial=true"])
+    if config.train.plan == "auto":  # the input size comes from the data, as in training
+        from segmentation.planning import plan_config
+
+        config, _ = plan_config(config)
     for split in ("train", "val"):
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", "isic2018_1815_259_520 computed from a partial")

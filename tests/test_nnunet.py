@@ -10,6 +10,8 @@ from networks.blocks.deep_supervision import (
     resize_mask,
 )
 from networks.nnunet2d import NNUNet2D
+from segmentation.config import load_config, validate
+from segmentation.planning import format_plan, plan_config, plan_experiment, plan_topology
 
 
 def bce(logits, mask):
@@ -104,3 +106,172 @@ def test_residual_switch_input_norm_and_errors():
         NNUNet2D(in_channels=3, num_classes=1, strides=(1, 2, 2), deep_supervision_heads=2)
     with pytest.raises(ValueError, match="exactly when input_norm='dataset'"):
         NNUNet2D(in_channels=3, num_classes=1, input_norm="dataset")
+
+
+# -- planning ------------------------------------------------------------------------------------
+
+FINGERPRINT = {
+    "n_images": 1000,
+    "median_shape": [512, 512],
+    "min_shape": [512, 512],
+    "max_shape": [512, 512],
+    "rgb_mean": [0.6, 0.5, 0.4],
+    "rgb_std": [0.2, 0.2, 0.2],
+    "median_foreground_fraction": 0.2,
+}
+
+
+def test_topology_follows_nnunets_pooling_rule():
+    square = plan_topology((128, 128))
+    assert square["strides"] == [[1, 1]] + [[2, 2]] * 5 and square["bottleneck"] == [4, 4]
+    assert square["kernel_sizes"] == [[3, 3]] * 6 and square["shape"] == [128, 128]
+    # a lone remaining axis is pooled only while >= 12 px; the side is padded to the divisor
+    wide = plan_topology((20, 100))
+    assert wide["strides"] == [[1, 1], [2, 2], [2, 2], [1, 2], [1, 2]]
+    assert wide["divisor"] == [4, 16] and wide["shape"] == [20, 112]
+    # tiny images still get DynUNet's two poolings
+    assert plan_topology((10, 12))["strides"] == [[1, 1], [2, 2], [2, 2]]
+    assert plan_topology((10, 12))["shape"] == [12, 12]
+
+
+def test_memory_rule_gives_nnunets_plan_for_512_px_images():
+    plan = plan_experiment(FINGERPRINT, num_classes=2)  # nnU-Net 2-D at 8 GB: 512, 8 stages, 12
+    assert (plan["input_size"], plan["stages"], plan["batch_size"]) == (512, 8, 12)
+    assert plan_experiment(FINGERPRINT, num_classes=2, memory_gb=4.0)["batch_size"] == 6
+    small = plan_experiment(FINGERPRINT, num_classes=2, memory_gb=0.5)  # shrinks until batch 2
+    assert small["input_size"] < 512 and small["batch_size"] >= 2
+    assert 2 * small["feature_map_elements"] <= small["budget_elements"]
+    assert small["input_size"] % 2 ** (small["stages"] - 1) == 0
+    few = plan_experiment({**FINGERPRINT, "n_images": 60}, num_classes=2)
+    assert few["batch_size"] == 3  # at most 5 % of the training set
+    norm = plan["normalization"]
+    assert norm["input_norm"] == "dataset"
+    assert norm["input_mean"][0] == pytest.approx((0.6 - 0.485) / 0.229, abs=1e-4)
+    assert norm["input_std"][2] == pytest.approx(0.2 / 0.225, abs=1e-4)
+    assert plan_experiment(FINGERPRINT, num_classes=2, in_channels=5)["normalization"] == {
+        "input_norm": "per_image"
+    }
+
+
+def synthetic_config(size, **train):
+    return validate(
+        {
+            "model": {"name": "nnunet2d", "base_width": 8, "max_width": 64},
+            "data": {"name": "synthetic", "image_size": size, "n_train": 100, "n_val": 4},
+            "train": {"plan": "auto", "plan_memory_gb": 0.02, **train},
+        }
+    )
+
+
+def test_plan_changes_with_the_data_image_size():
+    plans = {size: plan_config(synthetic_config(size)) for size in (64, 128)}
+    (small, p64), (large, p128) = plans[64], plans[128]
+    assert (p64["stages"], p128["stages"]) == (5, 6)
+    assert p64["batch_size"] == 5 and p128["batch_size"] == 2  # 5 % of 100 / the memory budget
+    assert p64["feature_map_elements"] * 4 < p128["feature_map_elements"] * 1.01
+    assert len(small.raw["model"]["strides"]) == 5 and len(large.raw["model"]["strides"]) == 6
+    assert large.raw["model"]["input_norm"] == "dataset" and large.train.batch_size == 2
+    assert p128["applied"]["data.image_size"]["from"] == "experiment"
+    assert p128["applied"]["model.strides"]["from"] == "plan"
+    # what the experiment states wins, and the plan says so
+    kept, plan = plan_config(synthetic_config(128, batch_size=3))
+    assert kept.train.batch_size == 3 and plan["applied"]["train.batch_size"]["planned"] == 2
+    assert "kept train.batch_size = 3 from the experiment (planned 2)" in format_plan(plan)
+
+
+def _rescale_images(root, factor):
+    import cv2
+
+    for path in root.rglob("*"):
+        decoy = "superpixels" in path.name or path.name.startswith("._")
+        if path.suffix in (".jpg", ".png", ".bmp") and not decoy:
+            image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+            size = (image.shape[1] * factor, image.shape[0] * factor)
+            cv2.imwrite(str(path), cv2.resize(image, size, interpolation=cv2.INTER_NEAREST))
+
+
+@pytest.mark.parametrize("name", ["isic2016", "isic2017", "isic2018", "ph2", "ham10000"])
+def test_plans_on_the_official_layouts(name, tmp_path, monkeypatch):
+    from test_datasets import PH2_IDS, H, W, ham_tree, isic_tree, ph2_tree
+
+    from segmentation.data import isic, splits
+
+    monkeypatch.setattr(splits, "SPLIT_DIR", tmp_path / "splits")
+    if name == "ph2":
+        ph2_tree(tmp_path, PH2_IDS)
+    elif name == "ham10000":
+        ham_tree(tmp_path, [1, 2, 3, 1, 1, 2, 1, 4, 1, 1, 2, 1])
+    else:
+        release = {"isic2016": isic.ISIC2016, "isic2017": isic.ISIC2017}.get(name, isic.ISIC2018)
+        isic_tree(tmp_path, release, 4)
+
+    def plan_of_the_tree():
+        data = {"name": name, "root": str(tmp_path), "allow_partial": True}
+        config = validate({"model": {"name": "nnunet2d"}, "data": data, "train": {"plan": "auto"}})
+        return plan_config(config)
+
+    config, plan = plan_of_the_tree()
+    assert plan["fingerprint"]["median_shape"] == [H, W]
+    # 10x12 images: a 12-px input with two poolings (bottleneck 3 px), the minimum batch
+    assert (plan["input_size"], plan["stages"], plan["batch_size"]) == (12, 3, 2)
+    assert config.raw["data"]["image_size"] == 12 and len(config.raw["model"]["strides"]) == 3
+    _rescale_images(tmp_path, 8)  # the same data at 80x96: side 88 padded to 96, 4 poolings
+    config, plan = plan_of_the_tree()
+    assert plan["fingerprint"]["median_shape"] == [8 * H, 8 * W]
+    assert (plan["input_size"], plan["stages"], plan["bottleneck"]) == (96, 5, [6, 6])
+
+
+def test_training_prints_and_saves_the_plan_and_uses_deep_supervision(tmp_path, capsys):
+    import json
+
+    from segmentation.training.build import run_training
+
+    config = validate(
+        {
+            "model": {"name": "nnunet2d_tiny"},
+            "data": {"name": "synthetic", "image_size": 32, "n_train": 40, "n_val": 4},
+            "optim": {"name": "sgd", "lr": 0.01, "momentum": 0.99, "nesterov": True},
+            "sched": {"name": "poly"},
+            "train": {"steps": 2, "eval_every": 2, "image_panel_every": 0, "plan": "auto"},
+            "eval": {"batch_size": 4, "boundary": False},
+        }
+    )
+    metrics = run_training(config, tmp_path / "run")
+    out = capsys.readouterr().out
+    assert "plan (nnU-Net 2-D rules) from 40 training images" in out
+    plan = json.loads((tmp_path / "run" / "plan.json").read_text())
+    saved = load_config(tmp_path / "run" / "config.yaml")
+    assert saved.raw["model"]["strides"] == plan["strides"] and saved.train.batch_size == 2
+    assert "dice" in metrics["per_image"]
+
+
+def test_plan_tool_prints_and_writes_json(tmp_path, capsys):
+    import json
+
+    from segmentation.cli.plan import main
+
+    sets = ["data.n_train=20", "data.n_val=4", "data.image_size=64"]
+    argv = ["--cfg", "experiments/nnunet2d.yaml", "--out", str(tmp_path)]
+    assert main(argv + [a for s in sets for a in ("--set", s)]) == 0
+    assert "5 stages" in capsys.readouterr().out
+    saved = json.loads((tmp_path / "plan.json").read_text())
+    assert saved["input_size"] == 64 and saved["config"]["model"]["name"] == "nnunet2d"
+
+
+def test_nnunet_augmentation_preset_keeps_masks_aligned():
+    import numpy as np
+
+    from segmentation.data.transforms import build_transform
+
+    image = np.zeros((64, 64, 3), np.uint8)
+    image[16:48, 16:48] = 200
+    mask = (image[..., 0] > 0).astype(np.uint8)
+    transform = build_transform(image_size=64, train=True, augment="nnunet", seed=0)
+    for seed in range(20):
+        transform.set_random_seed(seed)
+        x, m = transform(image, mask)
+        assert x.shape == (3, 64, 64) and set(m.unique().tolist()) <= {0, 1}
+    transform.set_random_seed(3)
+    again = transform(image, mask)[0]
+    transform.set_random_seed(3)
+    assert torch.equal(again, transform(image, mask)[0])

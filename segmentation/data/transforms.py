@@ -38,7 +38,7 @@ __all__ = [
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-AUGMENTATIONS = ("default", "flips", "none")
+AUGMENTATIONS = ("default", "flips", "nnunet", "none")
 
 
 def _augmentations(augment: str) -> list:
@@ -47,6 +47,8 @@ def _augmentations(augment: str) -> list:
     flips = [A.HorizontalFlip(p=0.5), A.VerticalFlip(p=0.5)]
     if augment == "flips":
         return flips
+    if augment == "nnunet":
+        return _nnunet_augmentations()
     # "default": dermoscopy has no canonical orientation, so any rotation is plausible; scale and
     # shift stay moderate so small lesions survive. Out-of-frame corners are filled with black (like
     # a dermoscope aperture) and background in the mask. Hue jitter is kept small: it changes the
@@ -65,6 +67,45 @@ def _augmentations(augment: str) -> list:
             p=0.7,
         ),
         A.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.15, hue=0.02, p=0.8),
+    ]
+
+
+def _nnunet_augmentations() -> list:
+    """nnU-Net's 2-D training augmentations (v2 defaults) in albumentations, in its order.
+
+    Probabilities and ranges are nnU-Net's: rotation (any angle) and scaling (0.7-1.4) each with
+    p 0.2; Gaussian noise p 0.1 (nnU-Net: variance U(0, 0.1) of z-scored data; here std up to
+    0.06 of the 0-255 range, about 0.3 of a dermoscopy image's pixel std); Gaussian blur p 0.2,
+    sigma 0.5-1; multiplicative brightness 0.75-1.25 p 0.15; contrast 0.75-1.25 around the mean
+    p 0.15; low resolution (nearest down to 0.5-1, cubic back up) p 0.25; gamma 0.7-1.5 on the
+    inverted image p 0.1 and on the image p 0.3; mirroring on both axes. Out-of-frame pixels are
+    black (a dermoscope aperture) and background in the mask, as in ``default``.
+    """
+    spatial = dict(
+        interpolation=cv2.INTER_LINEAR,
+        mask_interpolation=cv2.INTER_NEAREST,
+        border_mode=cv2.BORDER_CONSTANT,
+        fill=0,
+        fill_mask=0,
+        p=0.2,
+    )
+    gamma = dict(gamma_limit=(70, 150), p=1.0)
+    return [
+        A.Affine(rotate=(-180, 180), **spatial),
+        A.Affine(scale=(0.7, 1.4), **spatial),
+        A.GaussNoise(std_range=(0.0, 0.06), p=0.1),
+        A.GaussianBlur(sigma_limit=(0.5, 1.0), p=0.2),
+        A.ColorJitter(brightness=(0.75, 1.25), contrast=0, saturation=0, hue=0, p=0.15),
+        A.ColorJitter(brightness=0, contrast=(0.75, 1.25), saturation=0, hue=0, p=0.15),
+        A.Downscale(
+            scale_range=(0.5, 1.0),
+            interpolation_pair={"downscale": cv2.INTER_NEAREST, "upscale": cv2.INTER_CUBIC},
+            p=0.25,
+        ),
+        A.Sequential([A.InvertImg(p=1.0), A.RandomGamma(**gamma), A.InvertImg(p=1.0)], p=0.1),
+        A.RandomGamma(**{**gamma, "p": 0.3}),
+        A.HorizontalFlip(p=0.5),
+        A.VerticalFlip(p=0.5),
     ]
 
 
@@ -124,8 +165,8 @@ def build_transform(
             keeps the input size (useful when images are already at the working resolution).
         train: add the augmentations named by ``augment``; validation pipelines only resize and
             normalise.
-        augment: ``"default"`` (flips + affine rotate/scale/shift + colour jitter), ``"flips"`` or
-            ``"none"``.
+        augment: ``"default"`` (flips + affine rotate/scale/shift + colour jitter), ``"flips"``,
+            ``"nnunet"`` (nnU-Net's 2-D set, :func:`_nnunet_augmentations`) or ``"none"``.
         seed: seed of the pipeline's private random generators.
         preprocess: deterministic pre-processing steps run after the resize and before any
             augmentation (names or ``{name, **kwargs}``, see ``segmentation.data.preprocess``).

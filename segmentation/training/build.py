@@ -150,7 +150,8 @@ def seed_everything(seed: int) -> None:
 
 def run_training(config: Config, run_dir, *, resume: dict | None = None, extra_hooks=()) -> dict:
     """Train ``config`` into ``run_dir`` (``config.yaml``, ``checkpoints/``, ``tb/``,
-    ``metrics.json``); under ``torchrun`` every process calls this and only rank 0 writes.
+    ``metrics.json``, and ``plan.json`` with ``train.plan: auto``); under ``torchrun`` every
+    process calls this and only rank 0 writes.
 
     Args:
         config: validated experiment config.
@@ -172,11 +173,20 @@ def run_training(config: Config, run_dir, *, resume: dict | None = None, extra_h
     from segmentation.training.trainer import Trainer
 
     dist_info = init_distributed()
+    plan = None
+    if config.train.plan == "auto":  # every rank plans (deterministic), so all agree
+        from segmentation.planning import format_plan, plan_config
+
+        config, plan = plan_config(config)
     cfg = config.train
     run_dir = Path(run_dir)
     if dist_info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         dump_config(config, run_dir / "config.yaml")
+        if plan is not None:
+            print(format_plan(plan))
+            if resume is None or not (run_dir / "plan.json").exists():
+                (run_dir / "plan.json").write_text(json.dumps(plan, indent=2))
     set_determinism(cfg.deterministic)
     seed_everything(cfg.seed)
     train_set = build_dataset(config, "train")
