@@ -16,6 +16,7 @@ from networks.nnunet2d import NNUNet2D
 from networks.registry import NETWORKS
 from networks.sam.medsam_ca import MedSAMCA
 from networks.sam.sam2_adapter import SAM2Adapter
+from networks.sam.sam3_adapter import SAM3Adapter
 from networks.sam.sam_adapter import SAMAdapter
 from networks.segdt.model import SegDT
 from networks.smp_unet import SMPUNet
@@ -50,4 +51,5 @@ __all__ = [
     "SAMAdapter",
     "MedSAMCA",
     "SAM2Adapter",
+    "SAM3Adapter",
 ]
