@@ -1,4 +1,4 @@
-"""Metrics of PROTOCOL.md: reference table, aggregation, boundary definitions, empty policies,
+"""Metrics of docs/protocol.md: reference table, aggregation, boundary definitions, empty policies,
 parity with MONAI and smp, accumulator gathering, metric registry and the group report."""
 
 import math

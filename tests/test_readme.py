@@ -22,3 +22,11 @@ def test_readme_has_exactly_two_setup_commands_and_ci_runs_them():
     test_command = tests.split("&&")[-1].strip()
     assert test_command in ci, f".ci/run does not run the README's test command: {test_command}"
     assert (ROOT / "experiments" / "att_swinunet.yaml").is_file()
+
+
+def test_readme_links_every_document_in_docs():
+    text = (ROOT / "README.md").read_text()
+    linked = set(re.findall(r"\]\((docs/[^)#\s]+)", text))
+    docs = {f"docs/{p.name}" for p in (ROOT / "docs").glob("*.md")}
+    assert docs, "docs/ has no markdown files"
+    assert docs <= linked, f"README.md does not link {sorted(docs - linked)}"

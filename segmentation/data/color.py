@@ -3,7 +3,7 @@
 All conversions use sRGB primaries with the D65 white point and the CIE 1976 L*a*b* formulas, in
 floating point. OpenCV's 8-bit ``COLOR_RGB2LAB`` output is *not* CIELAB (L* is scaled by 255/100 and
 a*, b* are offset by 128): plugging those numbers into the ITA formula turns RGB (141, 85, 54) from
--16.5 degrees into +20.1 degrees. Use :func:`rgb_to_lab` instead.
+-16.3 degrees into +20.1 degrees. Use :func:`rgb_to_lab` instead.
 
 ITA = atan2(L* - 50, b*) x 180 / pi (Chardon et al., Int. J. Cosmet. Sci. 1991), evaluated per pixel
 on healthy skin and summarised by the median (Kinyanjui et al., MICCAI 2020; Kalb et al., 2023

@@ -1,10 +1,10 @@
 """ISIC 2016 / 2017 / 2018 Task 1 and HAM10000 (Tschandl masks) in their official layouts.
 
-Folder names, mask suffixes and counts are those of the official downloads (PROTOCOL.md). All four
-share one id-matching routine (:func:`scan_pairs`): ``ISIC_<7 digits>`` image stems, masks named
-``ISIC_<id>_segmentation`` in any case (ISIC 2016 writes ``_Segmentation``), other image files
-(``*_superpixels.png`` of ISIC 2017) and non-image files (metadata CSVs, ``ATTRIBUTION.txt``,
-``LICENSE.txt``) ignored, one doubled folder level tolerated.
+Folder names, mask suffixes and counts are those of the official downloads (``docs/datasets.md``).
+All four share one id-matching routine (:func:`scan_pairs`): ``ISIC_<7 digits>`` image stems,
+masks named ``ISIC_<id>_segmentation`` in any case (ISIC 2016 writes ``_Segmentation``), other
+image files (``*_superpixels.png`` of ISIC 2017) and non-image files (metadata CSVs,
+``ATTRIBUTION.txt``, ``LICENSE.txt``) ignored, one doubled folder level tolerated.
 
 Examples:
     >>> ds = DATASETS.build("isic2018", root="/data/isic2018", split="val")

@@ -1,8 +1,8 @@
 """Reading official dataset trees: folder lookup, file listing, id matching, count checks.
 
 Shared by the ISIC/HAM10000 (:mod:`.isic`), PH2 (:mod:`.ph2`) and DDI (:mod:`.ddi`) loaders and by
-``tools/prepare_data.py``, so every loader tolerates and rejects the same things (PROTOCOL.md,
-"Datasets in their official layouts"):
+``tools/prepare_data.py``, so every loader tolerates and rejects the same things
+(``docs/datasets.md``):
 
 * one doubled folder level (``X/X/...``, left by some unzippers) is looked through;
 * only files with an image (or ``.npy`` for masks) extension are considered; hidden files

@@ -2,7 +2,7 @@
 
 Every scheme is a pure function of the **sorted** id list (and a seed, and for HAM10000 the
 ``lesion_id`` of each image), so anyone with the same files gets the same split, and a shipped split
-file can be checked against the data (PROTOCOL.md: "File lists are sorted before any split").
+file can be checked against the data (``docs/datasets.md``, "Splits").
 
 Schemes:
 

@@ -1,4 +1,4 @@
-"""Procedural dermoscopy-like images with exact masks and known skin tone (see ``SYNTHETIC.md``).
+"""Procedural dermoscopy-like images with exact masks and known skin tone (docs/synthetic-data.md).
 
 The design follows S-SYNTH (Kim et al., "S-SYNTH: Knowledge-Based, Synthetic Generation of Skin
 Images", MICCAI 2024): skin colour is set in float CIELAB from a target Individual Typology Angle
@@ -100,7 +100,7 @@ def _forced_tags(seed: int, index: int, quotas: dict[str, float]) -> set[str]:
 
 
 def _draw_params(rng: np.random.Generator, forced: set[str]) -> dict:
-    """Scalar parameters of the SYNTHETIC.md table, each from a fixed number of draws."""
+    """Scalar parameters (docs/synthetic-data.md), each from a fixed number of draws."""
     p: dict = {}
     u = rng.random()
     lo = -55.0

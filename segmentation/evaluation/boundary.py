@@ -44,7 +44,7 @@ def _check_definition(definition: str, choices: dict[str, str], what: str) -> No
 def as_binary_mask(x: Any, name: str) -> torch.Tensor:
     """``x`` (tensor or array of bools or 0/1 integers) as a bool tensor; anything else raises.
 
-    Floats are refused on purpose: probabilities must be thresholded first (PROTOCOL.md).
+    Floats are refused on purpose: probabilities must be thresholded first (``docs/protocol.md``).
     """
     x = torch.as_tensor(x)
     if x.dtype == torch.bool:

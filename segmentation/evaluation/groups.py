@@ -1,8 +1,8 @@
 """Group (fairness) reports over per-image rows: group means with bootstrap confidence intervals.
 
-The group report follows PROTOCOL.md "Skin tone and fairness": per group n, mean and a percentile
-bootstrap confidence interval (groups are small), the worst group, the gap (max - min of the group
-means) and the normalised accuracy range NAR = (max - min) / mean of the group means."""
+The group report follows ``docs/protocol.md`` ("Skin tone and fairness"): per group n, mean and a
+percentile bootstrap confidence interval (groups are small), the worst group, the gap (max - min of
+the group means) and the normalised accuracy range NAR = (max - min) / mean of the group means."""
 
 from __future__ import annotations
 

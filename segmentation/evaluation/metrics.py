@@ -1,4 +1,4 @@
-"""Binary lesion-segmentation metrics of the dermseg protocol (``../shared/PROTOCOL.md``).
+"""Binary lesion-segmentation metrics of the dermseg protocol (``docs/protocol.md``).
 
 Everything starts from per-image integer confusion counts (TP, FP, FN, TN), so per-image ("macro")
 means, dataset-global ("micro") scores and distributed gathering are exact. The accumulator follows

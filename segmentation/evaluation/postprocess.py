@@ -1,5 +1,4 @@
-"""Label-free post-processing of binary lesion masks (PROTOCOL.md "Model selection and
-post-processing").
+"""Label-free post-processing of binary lesion masks (``docs/protocol.md``).
 
 Each step maps a boolean mask ``[H, W]`` to a boolean mask and never looks at the ground truth.
 Steps are named (:data:`POSTPROCESSING`) and chained in the order given; ``tools/evaluate.py
