@@ -188,6 +188,9 @@ class WindowAttention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
+        # how ``encoder_attn @ V`` joins this block's output: None adds it; Att-SwinU-Net sets a
+        # module ``(own, encoder) -> fused`` on its decoder blocks (``spatial_fusion``)
+        self.spatial_fusion: nn.Module | None = None
 
     def relative_position_bias(self) -> torch.Tensor:
         """Gathered bias ``[heads, N, N]``."""
@@ -209,8 +212,9 @@ class WindowAttention(nn.Module):
             x: windows ``[B*nW, N, C]``.
             mask: additive mask ``[nW, N, N]`` (see :func:`shifted_window_mask`) or None.
             encoder_attn: softmax attention ``[B*nW, heads, N, N]`` of another block
-            (Att-SwinU-Net's
-                spatial branch); when given the output is ``attn(Q, K, V) + encoder_attn @ V``.
+                (Att-SwinU-Net's spatial branch); when given the output is
+                ``attn(Q, K, V) + encoder_attn @ V``, or ``spatial_fusion(attn(Q, K, V),
+                encoder_attn @ V)`` when that attribute is set.
             return_attn: also return this block's softmax attention map.
 
         Returns:
@@ -237,7 +241,9 @@ class WindowAttention(nn.Module):
                     f"block's windows {(*q.shape[:2], q.shape[2], q.shape[2])}; pair blocks of "
                     "the same stage, window size and input size."
                 )
-            out = out + encoder_attn.to(v.dtype) @ v
+            encoder_out = encoder_attn.to(v.dtype) @ v
+            fusion = self.spatial_fusion
+            out = out + encoder_out if fusion is None else fusion(out, encoder_out)
         out = self.proj_drop(self.proj(rearrange(out, "b h n d -> b n (h d)")))
         return (out, attn) if return_attn else out
 
