@@ -11,7 +11,10 @@ import argparse
 import sys
 from pathlib import Path
 
+from segmentation.cli.errors import cli_main
 
+
+@cli_main
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
@@ -22,14 +25,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from segmentation.checkpoint import load_checkpoint
-    from segmentation.reporting.model_card import model_card, read_evaluation
+    from segmentation.evaluation.results import read_evaluation
+    from segmentation.reporting.model_card import model_card
 
-    try:
-        ckpt = load_checkpoint(args.ckpt)
-        metrics, rows = read_evaluation(args.eval)
-    except (FileNotFoundError, RuntimeError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    ckpt = load_checkpoint(args.ckpt)
+    metrics, rows = read_evaluation(args.eval)
     card = model_card(
         ckpt,
         metrics=metrics,

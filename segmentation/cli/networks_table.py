@@ -10,9 +10,10 @@ Networks that need a local weight file to be built (``segdt_taesd``) are listed 
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 from pathlib import Path
+
+from segmentation.cli.errors import cli_main
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -40,6 +41,7 @@ def table() -> str:
     return "\n".join(lines)
 
 
+@cli_main
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--write-readme", action="store_true")
@@ -48,13 +50,17 @@ def main(argv: list[str] | None = None) -> int:
     if not args.write_readme:
         print(text)
         return 0
+    from segmentation.errors import UserError
+    from segmentation.reporting.tables import replace_between_markers
+
     readme = ROOT / "README.md"
     content = readme.read_text()
-    if START not in content or END not in content:
-        print(f"error: README.md lacks the markers {START} ... {END}", file=sys.stderr)
-        return 2
-    pattern = re.compile(re.escape(START) + ".*?" + re.escape(END), re.S)
-    readme.write_text(pattern.sub(lambda _: f"{START}\n{text}\n{END}", content))
+    try:
+        new = replace_between_markers(content, START, END, text)
+    except ValueError as err:
+        raise UserError(f"{readme}: {err.args[0]}") from None
+    if new != content:
+        readme.write_text(new)
     return 0
 
 

@@ -1,11 +1,10 @@
-"""Run a network over an evaluation split and compute the protocol's metrics
-(../shared/PROTOCOL.md).
+"""Run a network over an evaluation split and compute the protocol's metrics (docs/protocol.md).
 
-Shared by the Trainer's validation and ``tools/evaluate.py`` so both measure the same way: networks
-with a
-``predict`` method (generative, prompted) are evaluated through it, others through ``forward``;
-logits are
-binarised by the metric code (``sigmoid > 0.5``), never post-processed with the ground truth.
+Shared by the Trainer's validation and ``tools/evaluate.py`` (through
+:func:`segmentation.evaluation.checkpoint_eval.evaluate_checkpoint`) so both measure the same way:
+networks with a ``predict`` method (generative, prompted) are evaluated through it, others through
+``forward``; logits are binarised by the metric code (``sigmoid > 0.5``), never post-processed
+with the ground truth.
 """
 
 from __future__ import annotations

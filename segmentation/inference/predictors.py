@@ -2,8 +2,8 @@
 
 A *predictor* is ``(model, image [B, C, H, W]) -> logits [B, K, H, W]``, the signature
 :func:`segmentation.evaluation.evaluate.evaluate_model` accepts as ``predictor=``; so a TTA or
-sliding-window
-evaluation measures exactly what ``tools/predict.py`` writes. The predictors here combine
+sliding-window evaluation measures exactly what ``tools/predict.py`` writes (through
+:func:`predict_files`). The predictors here combine
 *probabilities* (sigmoid for one channel, softmax for several), never raw logits: averaging logits
 weights confident views more and is not what "average the predictions" means in the TTA literature
 (e.g. Wang et al., "Aleatoric uncertainty estimation with test-time augmentation for medical image
@@ -20,6 +20,7 @@ probabilities.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -36,9 +37,12 @@ __all__ = [
     "SlidingWindowPredictor",
     "build_predictor",
     "logits_from_probabilities",
+    "output_names",
+    "predict_files",
     "preprocess",
     "probabilities",
     "supports_uncertainty",
+    "write_png",
 ]
 
 # Flip sets by name: tuples of spatial dims flipped per view (the identity view is ``()``).
@@ -48,6 +52,7 @@ FLIP_SETS: dict[str, tuple[tuple[int, ...], ...]] = {
     "flips": ((), (-1,), (-2,), (-2, -1)),
 }
 _EPS = 1.0e-6  # keeps logit(p) finite for p in {0, 1}
+LESION_CLASS = 1  # foreground channel of multi-class outputs (binarize's default foreground)
 
 
 def probabilities(logits: torch.Tensor) -> torch.Tensor:
@@ -235,6 +240,105 @@ def build_predictor(
             roi_size, overlap=overlap, sw_batch_size=sw_batch_size, base=predictor
         )
     return predictor
+
+
+def output_names(files: Sequence[Path]) -> list[str]:
+    """Output stems: the file stem, or ``stem_ext`` when two inputs share a stem."""
+    stems = [f.stem for f in files]
+    return [
+        f"{f.stem}_{f.suffix.lstrip('.')}" if stems.count(f.stem) > 1 else f.stem for f in files
+    ]
+
+
+def write_png(path: Path, image: np.ndarray) -> None:
+    """Write ``uint8 [H, W]`` grey or ``[H, W, 3]`` RGB as PNG (raises when OpenCV cannot)."""
+    import cv2
+
+    array = image[..., ::-1] if image.ndim == 3 else image
+    if not cv2.imwrite(str(path), array):
+        raise OSError(f"could not write '{path}'; check the output folder is writable.")
+
+
+def predict_files(
+    model: nn.Module,
+    files: Sequence[Path],
+    out: Path,
+    *,
+    predictor: Predictor,
+    image_size: int | None,
+    device: torch.device,
+    batch_size: int = 4,
+) -> tuple[list[dict], list[tuple[Path, str]]]:
+    """Segment image files at their original size; write masks, overlays and uncertainty maps.
+
+    Each image is pre-processed like evaluation (:func:`preprocess`: square resize to
+    ``image_size``, ``None`` keeps the native size for sliding windows), predicted, and its
+    probabilities ``[K, S, S]`` are resized back (bilinear) and binarised by
+    :func:`segmentation.evaluation.metrics.binarize` (``sigmoid > 0.5``, or argmax == lesion).
+    Writes ``out/masks/NAME.png`` (0 / 255), ``out/overlays/NAME.png`` and, when the predictor
+    returns a variance, ``out/uncertainty/NAME.png`` (inferno, black 0, white 0.25, the largest
+    variance of a probability).
+
+    Args:
+        model: the network (eval mode) on ``device``.
+        files: image files; names come from :func:`output_names`.
+        out: output folder (sub-folders are created).
+        predictor: a :class:`Predictor` (plain, flip TTA, sliding window).
+        image_size: network input side, or ``None`` for native-size inputs (one per pass).
+        device: where the model runs.
+        batch_size: images per pass when resized.
+
+    Returns:
+        ``(records, failed)``: per written image ``{"file", "height", "width",
+        "lesion_fraction"[, "mean_variance"]}``, and ``(path, reason)`` per unreadable file.
+    """
+    from tqdm import tqdm
+
+    from segmentation.data.files import read_image
+    from segmentation.evaluation.metrics import binarize
+    from segmentation.reporting.visual import colorize, overlay_mask
+
+    def resized(tensor: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:  # [1, K, h, w]
+        return F.interpolate(tensor.float(), size=size, mode="bilinear", align_corners=False)
+
+    for folder in ("masks", "overlays", "uncertainty"):
+        if folder != "uncertainty" or predictor.uncertainty:
+            (out / folder).mkdir(parents=True, exist_ok=True)
+    per_pass = batch_size if image_size is not None else 1  # native sizes do not stack
+    names = output_names(files)
+    records: list[dict] = []
+    failed: list[tuple[Path, str]] = []
+    bar = tqdm(total=len(files), desc="predict", unit="img", dynamic_ncols=True)
+    for start in range(0, len(files), per_pass):
+        chunk, window = [], slice(start, start + per_pass)
+        for path, name in zip(files[window], names[window], strict=True):
+            try:
+                chunk.append((path, name, read_image(path)))
+            except (ValueError, OSError) as err:
+                failed.append((path, str(err)))
+                bar.update(1)
+        if not chunk:
+            continue
+        batch = torch.stack([preprocess(image, image_size) for _, _, image in chunk]).to(device)
+        with torch.no_grad():
+            probs, variance = predictor.probabilities_and_uncertainty(model, batch)
+        for i, (path, name, image) in enumerate(chunk):
+            size = image.shape[:2]
+            p = resized(probs[i : i + 1], size)  # [1, K, H, W] at the original size
+            mask = binarize(logits_from_probabilities(p))[0].cpu().numpy().astype(bool)
+            write_png(out / "masks" / f"{name}.png", mask.astype(np.uint8) * 255)
+            write_png(out / "overlays" / f"{name}.png", overlay_mask(image, mask))
+            record = {"file": str(path), "height": size[0], "width": size[1]}
+            record["lesion_fraction"] = float(mask.mean())
+            if variance is not None:
+                channel = 0 if p.shape[1] == 1 else LESION_CLASS
+                var = resized(variance[i : i + 1, channel : channel + 1], size)[0, 0].cpu().numpy()
+                write_png(out / "uncertainty" / f"{name}.png", colorize(var, vmax=0.25))
+                record["mean_variance"] = float(var.mean())
+            records.append(record)
+            bar.update(1)
+    bar.close()
+    return records, failed
 
 
 def _at_size(tensor: torch.Tensor, image: torch.Tensor) -> torch.Tensor:

@@ -20,13 +20,12 @@ import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from segmentation.reporting.tables import format_table, markdown_table
+from segmentation.reporting.tables import format_table, group_reports, markdown_table
 
 __all__ = [
     "case_grid",
     "dice_histogram",
     "group_bar_chart",
-    "group_reports",
     "read_scalars",
     "render_cases",
     "select_cases",
@@ -134,17 +133,6 @@ def training_curves(scalars: dict[str, tuple[list[int], list[float]]], path: Pat
     return _save(fig, path)
 
 
-def group_reports(metrics: dict) -> list[dict]:
-    """The group reports inside ``metrics["groups"]``: one report, a list, or ``{key: report}``."""
-    groups = metrics.get("groups")
-    if not groups:
-        return []
-    if isinstance(groups, dict) and "group_key" in groups:
-        return [groups]
-    items = groups.values() if isinstance(groups, dict) else groups
-    return [g for g in items if isinstance(g, dict) and "groups" in g and "group_key" in g]
-
-
 def select_cases(rows: Sequence[dict], k: int, metric: str = "dice") -> tuple[list, list]:
     """Ids of the ``k`` best and ``k`` worst images by ``metric`` (NaN left out, ties by id)."""
     valid = [r for r in rows if not math.isnan(float(r[metric]))]
@@ -158,6 +146,7 @@ def select_cases(rows: Sequence[dict], k: int, metric: str = "dice") -> tuple[li
 def render_cases(model, dataset, ids: Sequence, *, device, predictor=None, scores=None):
     """Overlay tiles (prediction red, ground truth green) of the dataset items with these ids."""
     from segmentation.evaluation.evaluate import predict_logits
+    from segmentation.evaluation.metrics import binarize
     from segmentation.reporting.visual import denormalize, overlay_mask
 
     predictor = predictor or predict_logits
@@ -167,8 +156,8 @@ def render_cases(model, dataset, ids: Sequence, *, device, predictor=None, score
     tiles = []
     for image_id in ids:
         sample = dataset[index[str(image_id)]] if index else _find(dataset, image_id)
-        logits = predictor(model, sample["image"][None].to(device))[0].float().cpu()
-        pred = logits[0] > 0 if logits.shape[0] == 1 else logits.argmax(0) == 1
+        logits = predictor(model, sample["image"][None].to(device)).float().cpu()
+        pred = binarize(logits)[0].bool()
         tile = overlay_mask(
             denormalize(sample["image"]), pred.numpy(), reference=sample["mask"].numpy()
         )

@@ -5,27 +5,25 @@ The card follows the paper's sections (model details, intended use, factors, met
 and training data, quantitative analyses, ethical considerations, caveats and recommendations) and
 fills them only from recorded facts: the checkpoint (network spec, weights, config, step), the
 evaluation's ``metrics.json`` (numbers, their definitions, the split, the command) and
-``per_image.csv`` (per-group results when ``metrics.json`` has no ``groups``). Anything the files
-do not say is written as a limitation, not guessed.
+``per_image.csv`` (per-group results when ``metrics.json`` has no ``groups``); the folder is read
+with :func:`segmentation.evaluation.results.read_evaluation`. Anything the files do not say is
+written as a limitation, not guessed.
 """
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import json
-import math
 import shlex
 from pathlib import Path
-from typing import Any
 
 import yaml
 
 from segmentation.checkpoint import model_from_checkpoint
-from segmentation.evaluation.groups import group_report
-from segmentation.reporting.tables import markdown_table
+from segmentation.evaluation.fairness import fairness_reports
+from segmentation.evaluation.results import skipped_line
+from segmentation.reporting.tables import format_number, group_reports, markdown_table
 
-__all__ = ["CARD_SECTIONS", "config_hash", "model_card", "read_evaluation"]
+__all__ = ["CARD_SECTIONS", "config_hash", "model_card"]
 
 CARD_SECTIONS = (
     "Model details",
@@ -47,41 +45,14 @@ def config_hash(config: dict) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def read_evaluation(eval_dir: str | Path) -> tuple[dict, list[dict]]:
-    """``(metrics.json, per_image.csv rows)`` of an evaluation folder (rows empty if no CSV)."""
-    eval_dir = Path(eval_dir)
-    path = eval_dir / "metrics.json"
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"'{path}' not found; --eval takes the --out folder of tools/evaluate.py."
-        )
-    metrics = json.loads(path.read_text())
-    rows = []
-    if (eval_dir / "per_image.csv").is_file():
-        with open(eval_dir / "per_image.csv", newline="") as f:
-            rows = list(csv.DictReader(f))
-    return metrics, rows
-
-
 def _group_reports(metrics: dict, rows: list[dict]) -> list[dict]:
-    """Reports from ``metrics["groups"]``, else skin-tone and tag groups of the per-image rows."""
-    groups = metrics.get("groups")
-    if isinstance(groups, dict) and groups:
-        reports = [groups] if "group_key" in groups else list(groups.values())
-        return [r for r in reports if isinstance(r, dict) and "group_key" in r]
-    reports = []
-    if rows and "ita_group" in rows[0]:
-        reports.append(group_report(rows, "ita_group", "dice"))
-    if rows and "tags" in rows[0]:
-        tagged = [{**r, "tags": r["tags"].split(";") if r["tags"] else ["none"]} for r in rows]
-        reports.append(group_report(tagged, "tags", "dice"))
-    return reports
-
-
-def _fmt(value: Any) -> str:
-    if isinstance(value, float):
-        return "n/a" if math.isnan(value) else f"{value:.4f}"
-    return str(value)
+    """The evaluation's group reports; without them, the skin-tone and tag groups of its
+    per-image rows (the groupings ``tools/evaluate.py --groups ita --groups tags`` would give)."""
+    if metrics.get("groups"):
+        return group_reports(metrics)
+    columns = set(rows[0]) if rows else set()
+    groupings = [g for g, c in (("ita", "ita_chardon6"), ("tags", "tags")) if c in columns]
+    return list(fairness_reports(rows, groupings).values()) if groupings else []
 
 
 def model_card(
@@ -105,6 +76,7 @@ def model_card(
     n_params = sum(p.numel() for p in model.parameters())
     n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     data = config.get("data", {})
+    tested_on = metrics.get("data", data)  # the evaluation may test another dataset
     train = config.get("train", {})
     synthetic = data.get("name") == "synthetic"
     best = ckpt.get("best") or {}
@@ -122,7 +94,8 @@ def model_card(
         f"`{config.get('optim', {}).get('name')}`, schedule `{config.get('sched', {}).get('name')}`"
         f", loss `{config.get('loss', {}).get('name')}`.",
         f"- Checkpoint selection: best validation {best.get('metric', 'metric')} = "
-        f"{_fmt(best.get('value', float('nan')))} (validation split only, never the test split).",
+        f"{format_number(best.get('value', float('nan')))} (validation split only, never the "
+        "test split).",
         f"- Config hash: `sha256:{config_hash(config)}` (canonical YAML, keys sorted).",
         f"- Checkpoint: `{ckpt_path}`.",
         "- Output: logits `[B, K, H, W]`; lesion = `sigmoid(logit) > 0.5` (argmax for K > 1).",
@@ -158,8 +131,8 @@ def model_card(
     lines += [
         "## Evaluation data",
         "",
-        f"- Dataset `{data.get('name')}`, split `{metrics.get('split')}`, settings "
-        f"`{_data_settings(data)}`.",
+        f"- Dataset `{tested_on.get('name')}`, split `{metrics.get('split')}`, settings "
+        f"`{_data_settings(tested_on)}`.",
         "",
         "## Training data",
         "",
@@ -231,4 +204,6 @@ def _caveats(config: dict, synthetic: bool, metrics: dict) -> list[str]:
             f"Boundary metrics exclude {metrics['boundary_excluded']} image(s) with an empty "
             "prediction or ground truth."
         )
+    if skipped_line(metrics):  # data.on_error: skip left unreadable files out
+        out.append(skipped_line(metrics) + ".")
     return out

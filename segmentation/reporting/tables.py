@@ -1,16 +1,73 @@
-"""Markdown tables: the one table renderer of the tools (metrics results, group reports, rows)."""
+"""Markdown tables and README sections: the one table renderer, number formatter and marker
+writer of the tools (metrics results, group reports, rows, generated README tables)."""
 
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 from typing import Any
 
 
-def _cell(value: Any, floatfmt: str) -> str:
-    if isinstance(value, float):
-        return "n/a" if math.isnan(value) else format(value, floatfmt)
+def format_number(value: Any, fmt: str = ".4f", *, missing: str = "n/a") -> str:
+    """One table cell: real numbers with ``fmt``, ``None`` and NaN as ``missing``, others ``str``.
+
+    Integers (counts) and booleans are written as they are, so an image count never becomes
+    ``12.0000``; numpy floats count as floats.
+
+    Args:
+        value: the cell value.
+        fmt: format spec of non-integer numbers (``".4f"`` for scores, ``".2f"`` for sizes...).
+        missing: text for ``None`` and NaN (``"n/a"`` in reports, ``"-"`` in the README tables).
+    """
+    if value is None:
+        return missing
+    if isinstance(value, numbers.Real) and not isinstance(value, numbers.Integral):
+        return missing if math.isnan(value) else format(value, fmt)
     return str(value)
+
+
+def replace_between_markers(text: str, start: str, end: str, body: str) -> str:
+    """``text`` with everything between the ``start`` and ``end`` marker lines replaced by ``body``.
+
+    The markers stay (``start``, newline, ``body``, newline, ``end``), so a second call with the
+    same body returns ``text`` unchanged and the hand-written rest of the file never moves.
+
+    Raises:
+        ValueError: a marker is missing, appears more than once, or ``end`` precedes ``start``.
+    """
+    counts = (text.count(start), text.count(end))
+    if counts != (1, 1) or text.index(end) < text.index(start):
+        raise ValueError(
+            f"expected the markers {start} and {end} once each, in that order (found "
+            f"{counts[0]} and {counts[1]}); add them around the generated section."
+        )
+    head, rest = text.split(start)
+    _, tail = rest.split(end)
+    return f"{head}{start}\n{body}\n{end}{tail}"
+
+
+def group_reports(metrics: dict) -> list[dict]:
+    """The group reports of an evaluation: ``metrics["groups"]`` is ``{column: group_report}``.
+
+    That is the one shape :func:`~segmentation.evaluation.evaluate.evaluate_checkpoint` writes
+    (``metrics.json``) and the reports and model cards read; an absent or empty entry gives ``[]``.
+
+    Raises:
+        ValueError: ``metrics["groups"]`` has another shape (a bare report, a list).
+    """
+    groups = metrics.get("groups") or {}
+    shaped = isinstance(groups, dict) and all(
+        isinstance(r, dict) and {"group_key", "groups"} <= set(r) for r in groups.values()
+    )
+    if not shaped:
+        raise ValueError(
+            "metrics['groups'] must map each group column to its group_report (e.g. {'ita_group': "
+            f"{{'group_key': 'ita_group', ...}}}}), got {type(groups).__name__} with keys "
+            f"{sorted(groups) if isinstance(groups, dict) else '-'}; build it with "
+            "segmentation.evaluation.fairness.fairness_reports."
+        )
+    return list(groups.values())
 
 
 def format_table(
@@ -21,7 +78,7 @@ def format_table(
     for row in rows:
         if len(row) != len(headers):
             raise ValueError(f"row {row} has {len(row)} cells for {len(headers)} headers.")
-        lines.append("| " + " | ".join(_cell(v, floatfmt) for v in row) + " |")
+        lines.append("| " + " | ".join(format_number(v, floatfmt) for v in row) + " |")
     return "\n".join(lines)
 
 
@@ -53,7 +110,7 @@ def _groups_table(report: dict, floatfmt: str) -> str:
             name,
             g["n"],
             g["mean"],
-            f"[{_cell(g['ci_low'], floatfmt)}, {_cell(g['ci_high'], floatfmt)}]",
+            f"[{format_number(g['ci_low'], floatfmt)}, {format_number(g['ci_high'], floatfmt)}]",
         )
         for name, g in report["groups"].items()
     ]
@@ -61,9 +118,9 @@ def _groups_table(report: dict, floatfmt: str) -> str:
         (report["group_key"], "n", f"mean {report['metric']}", pct), rows, floatfmt
     )
     summary = (
-        f"worst group: {report['worst_group']} ({_cell(report['worst_value'], floatfmt)}); "
-        f"gap (max - min): {_cell(report['gap'], floatfmt)}; "
-        f"NAR: {_cell(report['nar'], floatfmt)}; "
+        f"worst group: {report['worst_group']} ({format_number(report['worst_value'], floatfmt)}); "
+        f"gap (max - min): {format_number(report['gap'], floatfmt)}; "
+        f"NAR: {format_number(report['nar'], floatfmt)}; "
         f"rows without a group or value: {report['n_missing']}; bootstrap: {report['n_boot']} "
         f"resamples, seed {report['seed']}."
     )
