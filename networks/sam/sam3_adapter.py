@@ -43,7 +43,9 @@ bottleneck adapters to every ViT block (attention-output adapter with residual, 
 adapter x 0.5; zero-initialised up-projection, so the adapted model starts equal to SAM 3) and
 trains them with the head; ``"full"`` trains every parameter on the forward path. Parameters no
 gradient reaches are frozen in every mode (:func:`~networks.sam.sam3_blocks.unused_parameters`).
-Full size at 1008 px: decoder 2.03 M, adapter 35.67 M, full 807.36 M trainable (text prompt).
+Full size (1008 px), trainable of 840.51 M: decoder 1.45 M; adapter 35.08 M (33.64 M of adapters,
+874.15 M in all); full 822.11 M with text or no prompt, 822.24 M with a point, 825.39 M with a box
+or an exemplar (the geometry encoder's point or box branch). ``_tiny``: 1.04 M parameters.
 """
 
 from __future__ import annotations

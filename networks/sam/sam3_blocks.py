@@ -162,14 +162,15 @@ def build_small_sam3(
     decoder_layers: int,
     geometry_layers: int,
     num_queries: int,
+    activation_checkpointing: bool = False,
 ) -> Sam3Image:
     """SAM 3's image model from the same component classes at the given widths.
 
     Every switch is the one ``sam3.model_builder`` sets for the full model (RoPE ViT with tiled
     absolute positions, dual-ViTDet neck, text encoder, fusion encoder, DETR decoder with presence
     token, geometry encoder, universal segmentation head, dot-product scoring); only widths,
-    depths and sizes change, and activation checkpointing (a memory setting) is off where the
-    modules allow it.
+    depths and sizes change. ``activation_checkpointing`` (a memory setting, on in the official
+    builder) is off by default; the fusion encoder always has it (it refuses to train without).
     """
     mha = partial(MultiheadAttention, num_heads=num_attention_heads, embed_dim=d_model)
     trunk = ViT(
@@ -195,7 +196,7 @@ def build_small_sam3(
         ln_post=False,
         return_interm_layers=False,
         bias_patch_embed=False,
-        use_act_checkpoint=False,
+        use_act_checkpoint=activation_checkpointing,
     )
     neck = Sam3DualViTDetNeck(
         trunk=trunk,
@@ -209,7 +210,7 @@ def build_small_sam3(
         width=text_width,
         heads=text_heads,
         layers=text_layers,
-        use_act_checkpoint=False,
+        use_act_checkpoint=activation_checkpointing,
     )
 
     def encoder_layer(*, batch_first: bool, pos_at_attn: bool, pos_at_keys: bool):
@@ -233,7 +234,7 @@ def build_small_sam3(
         num_feature_levels=1,
         add_pooled_text_to_img_feat=False,
         pool_text_with_mask=True,
-        use_act_checkpoint=True,  # this encoder refuses to train without it
+        use_act_checkpoint=True,
     )
     with CudaFree():  # the decoder caches its box-bias coordinates on "cuda"
         decoder = TransformerDecoder(
@@ -259,6 +260,7 @@ def build_small_sam3(
             resolution=image_size,
             stride=patch_size,
             presence_token=True,
+            use_act_checkpoint=activation_checkpointing,
         )
     geometry = SequenceGeometryEncoder(
         pos_enc=PositionEmbeddingSine(num_pos_feats=d_model, normalize=True),
@@ -274,6 +276,7 @@ def build_small_sam3(
         layer=encoder_layer(batch_first=False, pos_at_attn=False, pos_at_keys=True),
         add_cls=True,
         add_post_encode_proj=True,
+        use_act_ckpt=activation_checkpointing,
     )
     head = UniversalSegmentationHead(
         hidden_dim=d_model,
@@ -282,6 +285,7 @@ def build_small_sam3(
             num_upsampling_stages=3, interpolation_mode="nearest", hidden_dim=d_model
         ),
         cross_attend_prompt=mha(dropout=0.0),
+        act_ckpt=activation_checkpointing,
     )
     scoring = DotProductScoring(
         d_model=d_model,
