@@ -51,7 +51,7 @@ import numpy as np
 
 from segmentation.config import Config, validate
 from segmentation.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from segmentation.registry import NETWORKS
+from segmentation.registry import DATASETS, NETWORKS
 
 MIN_FEATURE_MAP = 4  # nnU-Net UNet_featuremap_min_edge_length
 MIN_POOLINGS = 2  # DynUNet needs a down- and an up-sampling block besides input and bottleneck
@@ -223,6 +223,22 @@ def plan_experiment(
     }
 
 
+def _training_split(config: Config):
+    """The training split as the experiment builds it, without any transform (raw files)."""
+    import segmentation.data  # noqa: F401  (registers the datasets)
+    from segmentation.data.channels import count_extra_channels
+
+    spec = config.section("data")
+    target, _ = DATASETS.get(spec["name"])
+    accepted = set(DATASETS.accepted_kwargs(target)) - {"split", "transform"}
+    kwargs = {k: v for k, v in spec.items() if k in accepted}
+    dataset = DATASETS.build(spec["name"], split="train", **kwargs)
+    if spec.get("on_error") == "skip" and hasattr(dataset, "exclude_unreadable"):
+        dataset.exclude_unreadable()  # as training will (data.on_error: skip)
+    extra = count_extra_channels(spec.get("extra_channels") or ())
+    return dataset, dataset.in_channels + extra
+
+
 def _model_arguments(spec: dict) -> tuple[list[str], dict]:
     """Accepted keyword arguments of the configured network and their values (defaults, the
     registered preset, then the YAML)."""
@@ -241,15 +257,13 @@ def plan_config(config: Config) -> tuple[Config, dict]:
         ``(planned config, plan)``; ``plan["applied"]`` lists every planned setting with the
         planned value, the value used and where it came from (``plan`` or ``experiment``).
     """
-    from segmentation.training.build import build_dataset
-
-    dataset = build_dataset(config, "train", train=False)
+    dataset, in_channels = _training_split(config)
     accepted, model = _model_arguments(config.raw["model"])
     nnunet_like = {"strides", "kernel_sizes"} <= set(accepted)
     plan = plan_experiment(
         extract_fingerprint(dataset),
         num_classes=dataset.num_classes,
-        in_channels=dataset.in_channels,
+        in_channels=in_channels,
         base_width=model.get("base_width", 32) if nnunet_like else NNUNET_WIDTHS[0],
         max_width=model.get("max_width", 512) if nnunet_like else NNUNET_WIDTHS[1],
         memory_gb=config.train.plan_memory_gb,
