@@ -211,3 +211,52 @@ def test_constructor_validation():
         build_network("iscf", in_channels=3, num_classes=1, depths=(2, 2))
     with pytest.raises(ValueError, match="same length"):
         build_network("transdae", in_channels=3, num_classes=1, sr_ratios=(8, 4))
+
+
+def _synthetic_batch(n, size=64):
+    from segmentation.data.synthetic import generate_sample
+
+    images, masks = [], []
+    for i in range(n):
+        image, mask = generate_sample(0, i, size)[:2]
+        images.append(torch.from_numpy(image).permute(2, 0, 1).float() / 127.5 - 1)
+        masks.append(torch.from_numpy(mask > 0).float())
+    return torch.stack(images), torch.stack(masks)[:, None]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_iscf_stage_weights_depend_on_the_image(seed):
+    torch.manual_seed(seed)
+    net = build_network("iscf_tiny", in_channels=3, num_classes=1)
+    weights = []
+    net.bridge.excite.register_forward_hook(lambda m, i, out: weights.append(out.detach()))
+    x, y = _synthetic_batch(6)
+    optimizer = torch.optim.AdamW(net.parameters(), lr=1e-3)
+    first_fc = net.bridge.excite[0].weight
+    for step in range(3):
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(net(x[:4]), y[:4])
+        optimizer.zero_grad()
+        loss.backward()
+        # the excitation is alive: its first FC learns from the first batch on
+        assert first_fc.grad is not None and first_fc.grad.abs().sum() > 0, f"step {step}"
+        optimizer.step()
+    with torch.no_grad():
+        net.eval()(x[4:])  # two images the network has not trained on
+    a, b = weights[-1]
+    # Averaging the signed contexts gave ~0.5 for every stage and image (differences ~1e-5).
+    assert (a - b).abs().max() > 2e-4, (a, b)
+    assert (a - a.mean()).abs().max() > 1e-3, "stage weights are all equal"
+
+
+def test_iscf_squeeze_is_the_relative_log_magnitude_of_each_stage():
+    from networks.iscf import ISCFBridge
+
+    ctx = torch.randn(2, 3, 1, 4, 4)
+    ctx[:, 1] *= 10.0  # stage 1 carries 10x the magnitude of stage 0
+    d = ISCFBridge.squeeze(ctx)
+    assert d.shape == (2, 3)
+    torch.testing.assert_close(d.sum(1), torch.zeros(2), atol=1e-6, rtol=0)
+    # invariant to a common scale and to signs (a context's squeeze is its magnitude)
+    torch.testing.assert_close(ISCFBridge.squeeze(-3.0 * ctx), d, atol=1e-5, rtol=0)
+    expected = ctx.abs().mean((2, 3, 4)).log()
+    torch.testing.assert_close(d, expected - expected.mean(1, keepdim=True))
