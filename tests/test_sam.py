@@ -95,9 +95,9 @@ def test_vit_b_parameter_counts():
     total_sam = sum(p.numel() for n, p in params.items() if ".adapter." not in n)
     decoder = sum(p.numel() for p in net.mask_decoder.parameters() if p.requires_grad)
     trainable = sum(p.numel() for p in net.parameters() if p.requires_grad)
-    assert adapters == 7_100_928  # 12 blocks x 2 x (768*192 + 192 + 192*768 + 768): PROTOCOL 7.10 M
-    assert encoder == 89_670_912  # PROTOCOL: SAM ViT-B image encoder 89.67 M
-    assert total_sam == 93_735_472  # PROTOCOL: SAM ViT-B 93.74 M
+    assert adapters == 7_100_928  # 12 blocks x 2 x (768*192 + 192 + 192*768 + 768): 7.10 M
+    assert encoder == 89_670_912  # SAM ViT-B image encoder (sam_vit_b_01ec64.pth): 89.67 M
+    assert total_sam == 93_735_472  # SAM ViT-B, all three parts: 93.74 M
     # Decoder 4.06 M minus the IoU head and hyper-network MLPs 1-3 (unused with multimask off).
     assert decoder == 3_506_304
     assert trainable == adapters + decoder == 10_607_232
