@@ -350,7 +350,13 @@ def released_key_map(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     ``cross_attention.{S-1-i}`` (decoder position). Dropped: the unused top-level ``patch_embed``
     and ``decoder.norm``, and the derived ``relative_position_index``/``attn_mask`` buffers.
     """
-    num_stages = 1 + max(int(k.split(".")[2]) for k in state if k.startswith("encoder.layers."))
+    stages = {int(k.split(".")[2]) for k in state if k.startswith("encoder.layers.")}
+    if not stages:
+        raise KeyError(
+            "not a released SwinAttentionUnet state dict: no 'encoder.layers.*' keys (found "
+            f"{sorted(state)[:5]}); pass the file saved by the released training code."
+        )
+    num_stages = 1 + max(stages)
     cross = re.compile(r"decoder\.Crossvit_layer\.(\d+)\.layers\.(\d+)\.(\d+)\.fn\.(.*)")
     inner = {"norm.": "norm.", "fn.to_q.": "to_q.", "fn.to_kv.": "to_kv.", "fn.to_out.0.": "proj."}
     out = {}
@@ -377,9 +383,13 @@ def released_key_map(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 def load_released_weights(model: AttSwinUNet, path: str | os.PathLike) -> None:
     """Load a released Att-SwinU-Net checkpoint (strict after :func:`released_key_map`).
 
-    Use ``att_swinunet_released`` (or the same settings) with the checkpoint's depths/widths.
+    Accepts a bare state dict, ``{"model": ...}`` or the released notebook's
+    ``{"model_weights": ..., "val_loss": ...}``. Use ``att_swinunet_released`` (or the same
+    settings) with the checkpoint's depths and widths.
     """
-    load_pretrained(model, path, key_map=released_key_map)
+    load_pretrained(
+        model, path, key_map=lambda state: released_key_map(state.get("model_weights", state))
+    )
 
 
 NETWORKS.register("att_swinunet", AttSwinUNet)

@@ -243,7 +243,8 @@ def released_model():
 
 def test_released_weights_reproduce_the_released_forward(tmp_path):
     state = released_state()
-    torch.save({"model": state}, tmp_path / "released.pth")
+    # saved as the released notebook does
+    torch.save({"model_weights": state, "val_loss": 0.25}, tmp_path / "released.pth")
     net = released_model()
     load_released_weights(net, tmp_path / "released.pth")  # strict: every key maps
     mapped = released_key_map(state)
@@ -272,10 +273,12 @@ def test_released_weights_reproduce_the_released_forward(tmp_path):
         assert (sequence(image) - expected).abs().max() > 0.1
 
 
-def test_released_key_map_rejects_unknown_cross_attention_keys():
+def test_released_key_map_rejects_other_layouts():
     state = {"encoder.layers.0.x": torch.zeros(1), "decoder.Crossvit_layer.0.layers.0.0.fn.bad": 0}
     with pytest.raises(KeyError, match="Crossvit_layer.0.layers.0.0.fn.bad"):
         released_key_map(state)
+    with pytest.raises(KeyError, match="no 'encoder.layers.\\*' keys"):
+        released_key_map({"layers.0.blocks.0.norm1.weight": torch.zeros(1)})
 
 
 # ---------------------------------------------------------------- spatial fusion
