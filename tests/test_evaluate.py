@@ -244,5 +244,5 @@ def test_format_number_and_markers():
     assert new == f"head\n{start}\nnew\n{end}\ntail\n"
     assert replace_between_markers(new, start, end, "new") == new
     for bad in ("no markers", f"{start}\n{start}\n{end}", f"{end}\n{start}"):
-        with pytest.raises(ValueError, match="once each, in that order"):
+        with pytest.raises(ValueError, match="expected the markers .* in that order"):
             replace_between_markers(bad, start, end, "x")
