@@ -2,12 +2,11 @@
 file.
 
 A checkpoint is a plain dict of tensors and primitives (loadable with
-``torch.load(weights_only=True)``, so no
-pickled code runs): ``model_spec`` (registered name + constructor kwargs), ``model`` (state dict
-without
-``torch.compile``/DDP prefixes), ``config`` (the resolved experiment config), ``optimizer``,
-``scheduler``,
-``step``, ``best`` (metric name and value) and ``rng`` (python, numpy and torch generator states).
+``torch.load(weights_only=True)``, so no pickled code runs): ``model_spec`` (registered name +
+constructor kwargs), ``model`` (state dict without ``torch.compile``/DDP prefixes), ``config``
+(the resolved experiment config), ``optimizer``, ``scheduler``, ``step``, ``best`` (metric name
+and value) and ``rng`` (python, numpy and torch generator states). A checkpoint whose weights hold
+a non-finite value is never written.
 """
 
 from __future__ import annotations
@@ -25,7 +24,7 @@ from torch import nn
 
 import networks
 from networks.common import weights_from_checkpoint
-from segmentation.errors import CheckpointError
+from segmentation.errors import CheckpointError, NonFiniteError
 
 _PREFIXES = ("_orig_mod.", "module.")
 
@@ -83,8 +82,18 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
     """Write ``payload`` atomically: a temp file in the same folder, fsync, then ``os.replace``.
 
     A crash at any moment leaves either the previous complete file or the new complete file.
+
+    Raises:
+        NonFiniteError: ``payload["model"]`` holds a NaN or infinite value (nothing is written).
     """
     path = Path(path)
+    for key, value in payload.get("model", {}).items():
+        if torch.is_tensor(value) and value.is_floating_point() and not value.isfinite().all():
+            raise NonFiniteError(
+                f"refusing to write '{path}': model tensor '{key}' holds non-finite values; the "
+                "checkpoints already written are intact. Lower optim.lr, enable "
+                "train.grad_clip, or check the data for NaN/inf pixels."
+            )
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
@@ -99,8 +108,8 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
 
 
 def link_atomically(source: Path, target: Path) -> None:
-    """Make ``target`` name the same file as ``source`` (hard link, copy where links fail),
-    atomically."""
+    """Make ``target`` name the same file as ``source`` (a hard link, or a copy where links
+    fail), atomically."""
     tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
     if tmp.exists():
         tmp.unlink()
@@ -141,8 +150,12 @@ def find_resumable(run_dir: str | Path) -> Path | None:
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load a dermseg checkpoint with ``weights_only=True``; a clear error for missing or broken
-    files."""
+    """Load a dermseg checkpoint with ``weights_only=True``.
+
+    Raises:
+        FileNotFoundError: no such file.
+        CheckpointError: unreadable, truncated, or not a dermseg checkpoint.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(
@@ -163,10 +176,47 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     return ckpt
 
 
-def model_from_checkpoint(ckpt: dict[str, Any]) -> nn.Module:
-    """Rebuild the network recorded in ``ckpt['model_spec']`` and load its weights (strict)."""
+def load_weights(model: nn.Module, state: dict[str, torch.Tensor], *, source: str) -> None:
+    """Load ``state`` into ``model`` strictly, with a one-line error when they do not fit.
+
+    Args:
+        model: the bare network.
+        state: a state dict (compile/DDP prefixes are stripped).
+        source: what the weights are, for the message (e.g. "checkpoint 'RUN/last.pt'").
+
+    Raises:
+        CheckpointError: counting the missing, unexpected and differently shaped tensors and
+            naming the first of each.
+    """
+    state, own = clean_state_dict(state), model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shaped = [k for k in own if k in state and own[k].shape != state[k].shape]
+    if missing or unexpected or shaped:
+        parts = [f"{len(missing)} missing (first '{missing[0]}')"] if missing else []
+        parts += [f"{len(unexpected)} unexpected (first '{unexpected[0]}')"] if unexpected else []
+        if shaped:
+            k = shaped[0]
+            parts.append(
+                f"{len(shaped)} of another shape (first '{k}': {list(state[k].shape)} in the "
+                f"weights, {list(own[k].shape)} in the network)"
+            )
+        raise CheckpointError(
+            f"{source}: the weights do not fit the network {type(model).__name__} "
+            f"({', '.join(parts)}). The model specification and the weights disagree: use a "
+            "checkpoint written by this run, unedited."
+        )
+    model.load_state_dict(state)
+
+
+def model_from_checkpoint(ckpt: dict[str, Any], *, source: str = "checkpoint") -> nn.Module:
+    """Rebuild the network recorded in ``ckpt['model_spec']`` and load its weights (strict).
+
+    Raises:
+        CheckpointError: the weights do not fit the network the spec describes.
+    """
     spec = ckpt["model_spec"]
     with weights_from_checkpoint():  # pretrained files named in the spec need not exist any more
         model = networks.build_network(spec["name"], **spec["kwargs"])
-    model.load_state_dict(clean_state_dict(ckpt["model"]))
+    load_weights(model, ckpt["model"], source=f"{source} ({spec['name']})")
     return model

@@ -1,12 +1,10 @@
 """PyTorch distributed (DDP) helpers: process-group set-up from ``torchrun``'s environment,
-evaluation
-sharding, exact metric gathering, and signal handling.
+evaluation sharding, exact metric gathering, buffer broadcast, and signal handling.
 
 ``torchrun --nproc_per_node N tools/train.py --cfg ...`` sets ``RANK``, ``WORLD_SIZE``,
-``LOCAL_RANK`` and the
-rendezvous address; multi-node runs add ``--nnodes``/``--node_rank``/``--rdzv_endpoint``. Without
-those
-variables everything here degrades to a single process.
+``LOCAL_RANK`` and the rendezvous address; multi-node runs add
+``--nnodes``/``--node_rank``/``--rdzv_endpoint``. Without those variables everything here degrades
+to a single process.
 """
 
 from __future__ import annotations
@@ -42,8 +40,7 @@ SINGLE_PROCESS = DistInfo()
 
 
 def init_distributed() -> DistInfo:
-    """Join the process group described by ``torchrun``'s environment (``nccl`` on CUDA, else
-    ``gloo``).
+    """Join the process group of ``torchrun``'s environment (``nccl`` on CUDA, else ``gloo``).
 
     Returns a single-process :class:`DistInfo` when ``WORLD_SIZE`` is unset or 1.
     """
@@ -73,8 +70,8 @@ def shutdown() -> None:
 def shard(dataset, info: DistInfo):
     """Contiguous, non-padded slice of an evaluation set for this rank.
 
-    Contiguous blocks concatenated in rank order give the original order, so gathered per-image rows
-    (and any float sums over them) are identical to a single-process evaluation; no image is
+    Contiguous blocks concatenated in rank order give the original order, so gathered per-image
+    rows (and any float sums over them) are identical to a single-process evaluation; no image is
     repeated.
     """
     if not info.enabled:
@@ -91,6 +88,21 @@ def gather_states(state: dict, info: DistInfo) -> list[dict]:
     states: list = [None] * info.world_size
     dist.all_gather_object(states, state)
     return states
+
+
+def broadcast_buffers(model: torch.nn.Module, info: DistInfo) -> None:
+    """Copy rank 0's buffers (BatchNorm running statistics) to every rank, in place.
+
+    DDP broadcasts buffers at the start of each training forward, but every rank then updates its
+    own running statistics from its own shard of the batch, so after a step the ranks disagree.
+    Called before validation and before a checkpoint is written, it makes every rank evaluate
+    the network rank 0 saves, so a sharded validation equals a single-process evaluation of the
+    saved checkpoint.
+    """
+    if not info.enabled:
+        return
+    for buffer in model.buffers():
+        dist.broadcast(buffer.data, src=0)
 
 
 def all_reduce_flag(flag: bool, info: DistInfo) -> bool:

@@ -9,7 +9,14 @@ therefore say what was expected, what came, and how to fix it, naming the file, 
 
 from __future__ import annotations
 
-__all__ = ["UserError", "ConfigError", "DataError", "CheckpointError", "NonFiniteError"]
+__all__ = [
+    "UserError",
+    "ConfigError",
+    "DataError",
+    "CheckpointError",
+    "NonFiniteError",
+    "RunStopped",
+]
 
 
 class UserError(Exception):
@@ -30,3 +37,18 @@ class CheckpointError(UserError, RuntimeError):
 
 class NonFiniteError(UserError, FloatingPointError):
     """Training stopped on a non-finite loss or gradient (``train.nonfinite`` policy)."""
+
+
+class RunStopped(Exception):
+    """A training run stopped early on a signal, after writing a resumable checkpoint.
+
+    Not a user error: the tool prints the message (which says how to resume) and exits with
+    ``128 + signal number``, as a shell reports a process ended by that signal.
+
+    Attributes:
+        reason: the signal's name (``"SIGTERM"``, ``"SIGINT"``), or ``"signal on another rank"``.
+    """
+
+    def __init__(self, message: str, *, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason

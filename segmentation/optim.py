@@ -1,4 +1,5 @@
-"""Learning-rate schedules for iteration-based training (per-step, not per-epoch)."""
+"""Optimizers by name, and learning-rate schedules for iteration-based training (per-step, not
+per-epoch)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,10 @@ import torch
 from networks.registry import Registry
 
 SCHEDULERS = Registry("scheduler")
+OPTIMIZERS = Registry("optimizer")
+OPTIMIZERS.register("adam", torch.optim.Adam)
+OPTIMIZERS.register("adamw", torch.optim.AdamW)
+OPTIMIZERS.register("sgd", torch.optim.SGD)
 
 
 def _lambda(optimizer, fn):

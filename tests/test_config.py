@@ -1,3 +1,6 @@
+import dataclasses
+import re
+import typing
 from pathlib import Path
 
 import pytest
@@ -120,3 +123,55 @@ def test_unknown_selection_metric():
     raw["eval"] = {"metric": "dise"}
     with pytest.raises(ConfigError, match="(?i)eval.metric.*did you mean 'dice'"):
         validate(raw)
+
+
+# -- every value is checked at load time (type and range) ---------------------------------------
+
+
+@pytest.mark.parametrize(
+    "section, key, value, message",
+    [
+        ("eval", "batch_size", 0, "eval.batch_size = 0 is out of range: it must be at least 1"),
+        ("train", "keep_checkpoints", -2, "train.keep_checkpoints = -2 is out of range"),
+        ("train", "num_workers", -1, "train.num_workers = -1 is out of range"),
+        ("train", "grad_clip", -1.0, "train.grad_clip = -1.0 is out of range"),
+        ("data", "max_skip_fraction", 1.5, "between 0.0 and 1.0"),
+        ("data", "image_size", "abc", "data.image_size = 'abc' has type str, expected int"),
+        ("data", "image_size", -64, "data.image_size = -64 is out of range"),
+        ("data", "on_error", "ignore", "data.on_error = 'ignore'; choose one of raise, skip"),
+        ("data", "augment", "strong", "data.augment = 'strong'; choose one of default"),
+        ("data", "mask_threshold", 300, "data.mask_threshold = 300 is out of range"),
+        ("optim", "lr", -0.1, "section 'optim' (adamw): Invalid learning rate: -0.1"),
+        ("sched", "factor", 2.0, "section 'sched' (plateau)"),
+    ],
+)
+def test_out_of_range_values_fail_at_load_time(section, key, value, message):
+    raw = base()
+    if section == "sched":
+        raw["sched"] = {"name": "plateau"}
+    raw.setdefault(section, {})[key] = value
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        validate(raw)
+
+
+def test_every_numeric_setting_declares_its_range():
+    from segmentation.config import DataConfig, EvalConfig, TrainConfig
+
+    for cls in (DataConfig, TrainConfig, EvalConfig):
+        hints = typing.get_type_hints(cls)
+        for field in dataclasses.fields(cls):
+            if hints[field.name] in (int, float, int | None, float | None):
+                assert field.metadata.get("min") is not None, f"{cls.__name__}.{field.name}"
+
+
+def test_data_section_is_typed_and_split_from_dataset_arguments():
+    config = validate({**base(), "data": {**base()["data"], "on_error": "skip"}})
+    assert config.data.name == "synthetic" and config.data.image_size == 32
+    assert config.data.on_error == "skip" and config.data.max_skip_fraction == 0.05
+    assert config.dataset_kwargs() == {"n_train": 8, "n_val": 4, "n_test": 4}
+
+
+def test_boundary_metric_switches_boundary_on_in_validation():
+    assert not validate(base()).validation_boundary  # off by default (costly on CPU)
+    assert validate({**base(), "eval": {"boundary": True}}).validation_boundary
+    assert validate({**base(), "eval": {"metric": "hd95"}}).validation_boundary

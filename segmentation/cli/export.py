@@ -3,7 +3,8 @@
 
 Writes the model file and ``FILE.json`` (input normalisation, dynamic axes, the measured
 max |exported - PyTorch| per sample shape). Exits 1 when the network cannot be exported or the
-parity check fails (tolerance 1e-4 by default), 2 for a bad checkpoint. See
+parity check fails (tolerance 1e-4 by default), 2 for a user error (a bad checkpoint, an
+``--image-size`` the network does not accept: one ``error: ...`` line). See
 ``segmentation/inference/export.py`` for the steps and the networks verified.
 """
 

@@ -7,13 +7,15 @@
 
 Checks, per official split (or the whole set for PH2, HAM10000, DDI): image/mask pairs found vs the
 official count, the first unmatched image or mask, ignored files (``*_superpixels.png``, CSVs...),
-mask values (binary 0/255, or intermediate values that the > 128 rule binarises), empty masks, and
-that every mask has its image's size. ``--sha256 FILE[=HEX]`` prints each zip's SHA-256 (and
-compares it with HEX when given; dermseg does not ship official checksums). ``--cache DIR --size S``
-writes ``DIR/<split>/images/<id>.png`` and ``DIR/<split>/masks/<id>.png`` (0/255) resized to S x S
-with the training pipeline's interpolation (bilinear image, nearest mask), plus
-``DIR/<split>/meta.csv``; train on it with ``--set data.name=paired_folder --set data.root=DIR
---set data.image_size=S`` (the cache keeps the split but paired_folder does not read meta.csv).
+mask values (binary 0/255, or intermediate values that the > 128 rule binarises; a mask whose
+maximum is 1..128, e.g. stored as 0/1, fails: it would read as empty), empty masks (a split whose
+masks are all empty fails), and that every mask has its image's size. ``--sha256 FILE[=HEX]``
+prints each zip's SHA-256 (and compares it with HEX when given; dermseg does not ship official
+checksums). ``--cache DIR --size S`` writes ``DIR/<split>/images/<id>.png`` and
+``DIR/<split>/masks/<id>.png`` (0/255) resized to S x S with the training pipeline's interpolation
+(bilinear image, nearest mask), plus ``DIR/<split>/meta.csv``; train on it with
+``--set data.name=paired_folder --set data.root=DIR --set data.image_size=S`` (the cache keeps the
+split but paired_folder does not read meta.csv).
 Exit code 1 when a check fails.
 """
 
@@ -52,16 +54,22 @@ def sha256(path: Path) -> str:
 
 
 def check_pairs(records: list[dict], mask_lesion_value: int | None) -> dict:
-    """Mask values, empty masks and size agreement of every pair (sizes from file headers)."""
-    values, empty, size_errors, sizes = Counter(), 0, [], Counter()
+    """Mask values, empty masks and size agreement of every pair (sizes from file headers).
+
+    ``low`` lists the masks whose maximum is 1..128 (e.g. stored as {0, 1}): the > 128 rule would
+    read them as empty, so training refuses them unless ``data.mask_threshold`` is set.
+    """
+    values, empty, size_errors, sizes, low = Counter(), 0, [], Counter(), []
     for rec in records:
         image_size = Image.open(rec["image"]).size  # (W, H) from the header only
         if rec["mask"].lower().endswith(".npy"):
             raw = np.load(rec["mask"], allow_pickle=False)
-            binary = read_mask(rec["mask"], lesion_value=mask_lesion_value)
+            binary = read_mask(rec["mask"], 128, lesion_value=mask_lesion_value)
         else:
             raw = cv2.imread(rec["mask"], cv2.IMREAD_GRAYSCALE)
             binary = (raw > 128).astype(np.uint8)
+        if mask_lesion_value is None and 0 < raw.max(initial=0) <= 128:
+            low.append(rec["mask"])
         values.update({"0/255" if set(np.unique(raw)) <= {0, 255} else "other": 1})
         empty += int(binary.sum() == 0)
         sizes[image_size] += 1
@@ -70,7 +78,13 @@ def check_pairs(records: list[dict], mask_lesion_value: int | None) -> dict:
                 f"{rec['mask']}: {raw.shape[1]}x{raw.shape[0]} but image {rec['image']} is "
                 f"{image_size[0]}x{image_size[1]}"
             )
-    return {"values": values, "empty": empty, "size_errors": size_errors, "sizes": sizes}
+    return {
+        "values": values,
+        "empty": empty,
+        "size_errors": size_errors,
+        "sizes": sizes,
+        "low": low,
+    }
 
 
 def scan(dataset: str, root: str) -> dict:
@@ -156,9 +170,12 @@ def main(argv: list[str] | None = None) -> int:
             details.append(f"{name}: {records}")
             continue
         pairs = check_pairs(records, mask_value)
+        all_empty = pairs["empty"] == len(records)
         ok = len(records) == expected and not pairs["size_errors"]
+        ok = ok and not pairs["low"] and not all_empty
         failed |= not ok
-        status = "ok" if ok else ("partial" if len(records) != expected else "size mismatch")
+        status = "ok" if ok else ("partial" if len(records) != expected else "mask values")
+        status = "size mismatch" if pairs["size_errors"] else status
         print(f"| {name} | {len(records)} | {expected} | {status} |")
         common = ", ".join(f"{w}x{h}: {n}" for (w, h), n in pairs["sizes"].most_common(3))
         common += " ..." if len(pairs["sizes"]) > 3 else ""
@@ -168,6 +185,14 @@ def main(argv: list[str] | None = None) -> int:
             f"{pairs['empty']} empty; image sizes (WxH): {common}"
         )
         details += [f"{name}: size mismatch {e}" for e in pairs["size_errors"][:5]]
+        if pairs["low"]:
+            details.append(
+                f"{name}: {len(pairs['low'])} mask(s) have a maximum of 1..128 (stored as 0/1?), "
+                f"e.g. {pairs['low'][0]}: the > 128 rule reads them as empty; re-save them as "
+                "0/255, or train with --set data.mask_threshold=0"
+            )
+        if all_empty:
+            details.append(f"{name}: every mask is empty (no pixel > 128)")
     print()
     for line in details:
         print(f"- {line}")

@@ -1,13 +1,18 @@
 """Train a segmenter: ``python tools/train.py --cfg experiments/att_swinunet.yaml [--set k=v ...]``.
 
 Writes ``OUT/config.yaml``, ``OUT/checkpoints/{last,best}.pt``, TensorBoard events in ``OUT/tb/``
-and
-``OUT/metrics.json`` (final validation metrics). ``--resume OUT`` continues a run from ``last.pt``.
+and ``OUT/metrics.json`` (final validation metrics). ``--resume OUT`` continues a run from
+``last.pt``; it keeps the run's network (model overrides are refused before anything is written).
+
+Exit codes: 0 done; 2 a user error (one ``error: ...`` line; ``DERMSEG_DEBUG=1`` shows the
+traceback), and the run folder is left as it was when the error came at set-up; 128 + N stopped
+by signal N (SIGTERM: 143, SIGINT: 130) after writing a resumable checkpoint.
 """
 
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import time
 from pathlib import Path
@@ -40,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     from segmentation.checkpoint import find_resumable, load_checkpoint
     from segmentation.config import load_config
     from segmentation.distributed import init_distributed, shutdown
+    from segmentation.errors import RunStopped
     from segmentation.training.build import run_training
 
     main_process = init_distributed().is_main
@@ -69,7 +75,14 @@ def main(argv: list[str] | None = None) -> int:
     else:
         parser.error("give --cfg FILE (new run) or --resume RUN_DIR")
     start = time.time()
-    metrics = run_training(config, run_dir, resume=ckpt)
+    try:
+        metrics = run_training(config, run_dir, resume=ckpt)
+    except RunStopped as stopped:
+        shutdown()
+        if main_process:
+            print(stopped, file=sys.stderr)
+        signum = getattr(signal, stopped.reason, None)
+        return 128 + int(signum) if signum is not None else 1
     shutdown()
     minutes = (time.time() - start) / 60
     log(

@@ -17,12 +17,14 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ..errors import DataError
 from ..registry import DATASETS
 from .transforms import build_transform
 
 __all__ = [
     "IMAGE_SUFFIXES",
     "MASK_SUFFIXES",
+    "list_files",
     "read_image",
     "read_mask",
     "FileSegmentationDataset",
@@ -32,6 +34,20 @@ __all__ = [
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 MASK_SUFFIXES = (*IMAGE_SUFFIXES, ".npy")
+DEFAULT_MASK_THRESHOLD = 128  # the official ISIC scorer's rule
+
+
+def list_files(folder: Path, suffixes: tuple[str, ...] = IMAGE_SUFFIXES) -> list[Path]:
+    """Files of ``folder`` (not recursive) with one of ``suffixes`` (any case), sorted by name.
+
+    Hidden files are skipped: ``._ISIC_0000000.jpg`` (macOS resource forks, which copies from a
+    Mac leave beside every file) and ``.DS_Store`` are not images.
+    """
+    return sorted(
+        p
+        for p in Path(folder).iterdir()
+        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in suffixes
+    )
 
 
 def _check_file(path: str | os.PathLike, what: str) -> Path:
@@ -48,8 +64,8 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     """Read an RGB image as ``uint8 [H, W, 3]`` (grey images are expanded, alpha is dropped).
 
     Accepts anything OpenCV decodes (png, jpg, bmp, tif) and ``.npy`` arrays (``[H, W]`` or ``[H, W,
-    3]`` uint8). Raises ``FileNotFoundError`` for a missing file and ``ValueError`` naming the file
-    when it is empty, truncated or not an image.
+    3]`` uint8). Raises ``FileNotFoundError`` for a missing file and ``DataError`` (a
+    ``ValueError``) naming the file when it is empty, truncated or not an image.
     """
     path = _check_file(path, "image")
     if path.suffix.lower() == ".npy":
@@ -57,7 +73,7 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         if array.ndim == 2:
             array = np.repeat(array[..., None], 3, axis=2)
         if array.ndim != 3 or array.shape[2] != 3 or array.dtype != np.uint8:
-            raise ValueError(
+            raise DataError(
                 f"image '{path}' holds a {array.dtype} array of shape {array.shape}; "
                 "expected uint8 [H, W] or [H, W, 3]."
             )
@@ -65,7 +81,7 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     data = np.fromfile(path, dtype=np.uint8)
     image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
     if image is None:
-        raise ValueError(
+        raise DataError(
             f"image '{path}' ({data.size} bytes) could not be decoded: the file is empty, "
             "truncated or not an image. Re-copy or re-download it."
         )
@@ -73,36 +89,49 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
 
 
 def read_mask(
-    path: str | os.PathLike, threshold: int = 128, *, lesion_value: int | None = None
+    path: str | os.PathLike, threshold: int | None = None, *, lesion_value: int | None = None
 ) -> np.ndarray:
     """Read a binary mask as ``uint8 [H, W]`` in {0, 1}.
 
-    Image files are read as grey and binarised with ``> threshold`` (128: the official ISIC scorer's
-    rule, robust to JPEG and resampling). ``.npy`` files: boolean arrays are used as they are; label
-    maps (e.g. the FEDD maps of DDI) need ``lesion_value``, which selects ``== lesion_value``; other
-    arrays are thresholded.
+    Image files are read as grey and binarised with ``> threshold``. ``threshold=None`` uses 128
+    (the official ISIC scorer's rule, robust to JPEG and resampling) and refuses a mask whose
+    maximum is 1..128: such a mask (typically stored as {0, 1}) would silently read as empty.
+    ``.npy`` files: boolean arrays are used as they are; label maps (e.g. the FEDD maps of DDI)
+    need ``lesion_value``, which selects ``== lesion_value``; other arrays are thresholded.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        DataError: the file is not a readable mask, or its maximum is 1..128 with the default
+            threshold (the message gives the fix: ``data.mask_threshold``).
     """
     path = _check_file(path, "mask")
     if path.suffix.lower() == ".npy":
-        array = _load_npy(path)
-        if array.ndim == 3 and array.shape[2] == 1:
-            array = array[..., 0]
-        if array.ndim != 2:
-            raise ValueError(f"mask '{path}' has shape {array.shape}; expected a 2-D [H, W] array.")
-        if lesion_value is not None:
-            return (array == lesion_value).astype(np.uint8)
-        if array.dtype == bool:
-            return array.astype(np.uint8)
-        return (array > threshold).astype(np.uint8)
-    data = np.fromfile(path, dtype=np.uint8)
-    mask = cv2.imdecode(data, cv2.IMREAD_GRAYSCALE) if data.size else None
-    if mask is None:
-        raise ValueError(
-            f"mask '{path}' ({data.size} bytes) could not be decoded: the file is empty, "
-            "truncated or not an image. Re-copy or re-download it."
-        )
+        mask = _load_npy(path)
+        if mask.ndim == 3 and mask.shape[2] == 1:
+            mask = mask[..., 0]
+        if mask.ndim != 2:
+            raise DataError(f"mask '{path}' has shape {mask.shape}; expected a 2-D [H, W] array.")
+        if lesion_value is None and mask.dtype == bool:
+            return mask.astype(np.uint8)
+    else:
+        data = np.fromfile(path, dtype=np.uint8)
+        mask = cv2.imdecode(data, cv2.IMREAD_GRAYSCALE) if data.size else None
+        if mask is None:
+            raise DataError(
+                f"mask '{path}' ({data.size} bytes) could not be decoded: the file is empty, "
+                "truncated or not an image. Re-copy or re-download it."
+            )
     if lesion_value is not None:
         return (mask == lesion_value).astype(np.uint8)
+    if threshold is None:
+        threshold, peak = DEFAULT_MASK_THRESHOLD, mask.max(initial=0)
+        if 0 < peak <= threshold:
+            raise DataError(
+                f"mask '{path}' has maximum value {peak}, so with the rule 'lesion = value > "
+                f"{threshold}' it would read as empty. If its masks are stored as 0 and 1 (or "
+                "with small label values), set data.mask_threshold: 0; if these are faint "
+                f"artefacts of an empty mask, set data.mask_threshold: {threshold} to accept it."
+            )
     return (mask > threshold).astype(np.uint8)
 
 
@@ -110,7 +139,7 @@ def _load_npy(path: Path) -> np.ndarray:
     try:
         return np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError) as err:
-        raise ValueError(
+        raise DataError(
             f"'{path}' is not a readable .npy array ({err}); re-create the file."
         ) from err
 
@@ -130,7 +159,8 @@ class FileSegmentationDataset(Dataset):
     Items are ``{"image": float32 [3, H, W], "mask": int64 [H, W], "id": str, "meta": dict}``.
     """
 
-    mask_threshold = 128
+    # None: 128 with the {0, 1}-mask check of read_mask; set per instance by data.mask_threshold
+    mask_threshold: int | None = None
     mask_lesion_value: int | None = None
 
     def __init__(
@@ -143,7 +173,7 @@ class FileSegmentationDataset(Dataset):
     ) -> None:
         records = list(records)
         if not records:
-            raise ValueError(
+            raise DataError(
                 f"{type(self).__name__} got no image/mask records; check the data root and split."
             )
         for i, rec in enumerate(records):
@@ -163,14 +193,19 @@ class FileSegmentationDataset(Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
+    def load_mask(self, index: int) -> np.ndarray:
+        """The binary mask ``uint8 [H, W]`` of item ``index`` (without its image)."""
+        rec = self.records[index]
+        return read_mask(rec["mask"], self.mask_threshold, lesion_value=self.mask_lesion_value)
+
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray, dict]:
         """Raw ``(image uint8 [H, W, 3], mask uint8 [H, W] in {0, 1}, meta)`` of item ``index``,
         size-checked."""
         rec = self.records[index]
         image = read_image(rec["image"])
-        mask = read_mask(rec["mask"], self.mask_threshold, lesion_value=self.mask_lesion_value)
+        mask = self.load_mask(index)
         if image.shape[:2] != mask.shape:
-            raise ValueError(
+            raise DataError(
                 f"image '{rec['image']}' is {image.shape[1]}x{image.shape[0]} (WxH) but its mask "
                 f"'{rec['mask']}' is {mask.shape[1]}x{mask.shape[0]}; masks must match their "
                 "image. Re-export the mask at the image size, or check that the two files belong "
@@ -209,10 +244,6 @@ class FileSegmentationDataset(Dataset):
         return {"image": image_t, "mask": mask_t, "id": self.ids[index], "meta": meta}
 
 
-def _list_files(folder: Path, suffixes: tuple[str, ...]) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in suffixes)
-
-
 @DATASETS.register("paired_folder")
 class PairedFolder(FileSegmentationDataset):
     """A generic ``images/`` + ``masks/`` tree.
@@ -225,7 +256,8 @@ class PairedFolder(FileSegmentationDataset):
     Matching: a mask belongs to an image when its stem equals the image stem plus ``mask_suffix``,
     compared case-insensitively (``ISIC_0000000.jpg`` <-> ``isic_0000000_Segmentation.PNG`` with
     ``mask_suffix="_segmentation"``). Files whose extension is not an image (``.csv``, ``.txt``,
-    ...) are ignored; ``.npy`` masks are accepted. Ids are image stems, sorted.
+    ...) and hidden files (``._*`` macOS resource forks) are ignored; ``.npy`` masks are
+    accepted. Ids are image stems, sorted.
 
     Args:
         root: dataset root.
@@ -273,13 +305,14 @@ class PairedFolder(FileSegmentationDataset):
             if not folder.is_dir():
                 raise FileNotFoundError(f"paired_folder {what} folder '{folder}' does not exist.")
         records = _match_pairs(
-            _list_files(image_folder, IMAGE_SUFFIXES),
-            _list_files(mask_folder, MASK_SUFFIXES),
+            list_files(image_folder, IMAGE_SUFFIXES),
+            list_files(mask_folder, MASK_SUFFIXES),
             mask_suffix,
         )
         if not records:
-            raise ValueError(
-                f"paired_folder found no images in '{image_folder}' ({IMAGE_SUFFIXES})."
+            raise DataError(
+                f"paired_folder found no images in '{image_folder}' (looked for "
+                f"{', '.join(IMAGE_SUFFIXES)}); put the images there or fix data.root."
             )
         self.root, self.split = str(root_path), split
         super().__init__(records, transform=transform)
@@ -291,7 +324,7 @@ def _match_pairs(images: list[Path], masks: list[Path], mask_suffix: str) -> lis
     for mask in masks:
         key = mask.stem.lower()
         if key in by_key:
-            raise ValueError(
+            raise DataError(
                 f"two masks share the id '{key}': '{by_key[key]}' and '{mask}'; remove one."
             )
         by_key[key] = mask
@@ -299,7 +332,7 @@ def _match_pairs(images: list[Path], masks: list[Path], mask_suffix: str) -> lis
     for image in images:
         key = image.stem.lower()
         if key in seen:
-            raise ValueError(
+            raise DataError(
                 f"two images share the id '{key}': '{seen[key]}' and '{image}'; remove one."
             )
         seen[key] = image
@@ -332,7 +365,7 @@ def collate(batch: Sequence[dict]) -> dict:
     shapes = {tuple(item["image"].shape) for item in batch}
     if len(shapes) > 1:
         sizes = ", ".join(f"{item['id']}: {tuple(item['image'].shape)}" for item in batch[:4])
-        raise ValueError(
+        raise DataError(
             f"images in one batch have different sizes ({sizes}, ...); set an image_size in the "
             "transform so every image is resized to the same square."
         )

@@ -21,7 +21,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .files import IMAGE_SUFFIXES, MASK_SUFFIXES, FileSegmentationDataset
+from ..errors import DataError
+from .files import MASK_SUFFIXES, FileSegmentationDataset, list_files
 
 __all__ = [
     "Matched",
@@ -56,16 +57,6 @@ def resolve_dir(root: str | Path, name: str, *, what: str = "folder") -> Path:
     if inner.is_dir() and not _image_files(path):
         return inner
     return path
-
-
-def list_files(folder: Path, suffixes: tuple[str, ...] = IMAGE_SUFFIXES) -> list[Path]:
-    """Files of ``folder`` (not recursive) with one of ``suffixes`` (any case), hidden files
-    skipped, sorted by name."""
-    return sorted(
-        p
-        for p in folder.iterdir()
-        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in suffixes
-    )
 
 
 @dataclass
@@ -253,8 +244,9 @@ class OfficialDataset(FileSegmentationDataset):
         else:
             records = self.scheme_records(split, False)
         if not records:
-            raise ValueError(
-                f"{self.dataset_name}: split '{split}' ({split_name}) is empty under '{root}'."
+            raise DataError(
+                f"{self.dataset_name}: split '{split}' ({split_name}) is empty under '{root}'; "
+                "check data.root and the split settings."
             )
         super().__init__(records, transform=transform)
 

@@ -1,12 +1,9 @@
 """Step-indexed data loading: the batch at step ``s`` depends only on ``(seed, s)``.
 
 This is what makes a resumed run bit-identical to an uninterrupted one: data order is a fixed
-permutation per
-epoch (seeded by ``(seed, epoch)``), and every sample's augmentation is seeded by ``(seed, step,
-slot)`` instead
-of by a generator whose state would have to be saved. Under DDP each rank takes a disjoint slice of
-the same
-global batch.
+permutation per epoch (seeded by ``(seed, epoch)``), and every sample's augmentation is seeded by
+``(seed, step, slot)`` instead of by a generator whose state would have to be saved. Under DDP
+each rank takes a disjoint slice of the same global batch.
 """
 
 from __future__ import annotations
@@ -15,6 +12,8 @@ from collections.abc import Iterator
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
+
+from ..errors import ConfigError
 
 
 class StepBatchSampler(Sampler):
@@ -41,12 +40,12 @@ class StepBatchSampler(Sampler):
         world_size: int = 1,
     ) -> None:
         if num_samples < batch_size:
-            raise ValueError(
+            raise ConfigError(
                 f"the training set has {num_samples} images but the batch size is {batch_size}; "
                 "lower train.batch_size or add data."
             )
         if batch_size % world_size:
-            raise ValueError(
+            raise ConfigError(
                 f"global batch {batch_size} is not divisible by {world_size} processes."
             )
         self.n, self.batch, self.seed = num_samples, batch_size, seed

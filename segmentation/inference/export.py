@@ -44,8 +44,9 @@ import torch
 from torch import nn
 
 import networks
-from segmentation.checkpoint import clean_state_dict, unwrap
+from segmentation.checkpoint import load_weights, unwrap
 from segmentation.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from segmentation.errors import ConfigError
 
 __all__ = ["FORMATS", "ExportError", "export_checkpoint", "exportable_model", "load_exported"]
 
@@ -70,7 +71,7 @@ def exportable_model(ckpt: dict[str, Any]) -> nn.Module:
     if "attention_backend" in inspect.signature(target).parameters:
         kwargs["attention_backend"] = "reference"
     model = networks.build_network(spec["name"], **kwargs)
-    model.load_state_dict(clean_state_dict(ckpt["model"]))
+    load_weights(model, ckpt["model"], source=f"checkpoint ({spec['name']})")
     if hasattr(unwrap(model), "predict"):
         raise ExportError(
             f"'{spec['name']}' predicts through predict() (SegDT: a sampling loop with a seeded "
@@ -193,6 +194,7 @@ def export_checkpoint(
         ``max_abs_diff`` per input shape, tolerance).
 
     Raises:
+        ConfigError: the network does not accept ``image_size`` (the message says which sizes do).
         ExportError: unsupported network, unknown format, tracing failure, or a parity failure.
     """
     if fmt not in FORMATS:
@@ -204,6 +206,14 @@ def export_checkpoint(
     example = torch.randn(2, channels, size, size, generator=torch.Generator().manual_seed(seed))
     batch_shapes = [(b, channels, size, size) for b in (1, 2, 3)]
     other = (1, channels, size + 32, size + 64)  # non-square; multiple of 32 beyond the size
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, channels, size, size))
+    except ValueError as err:  # check_input_shape: the network rejects the trace size itself
+        raise ConfigError(
+            f"image size {size} does not fit '{ckpt['model_spec']['name']}' (the size, not the "
+            f"{fmt} exporter, is the problem): {err} Pass --image-size with a size it accepts."
+        ) from None
     try:
         with torch.no_grad():
             model(torch.zeros(other))

@@ -1,10 +1,9 @@
 """Build every object of an experiment from a validated :class:`~segmentation.config.Config`.
 
 One place turns config sections into objects, so ``tools/train.py``, ``tools/evaluate.py`` and the
-benchmark
-build runs identically. ``in_channels``/``num_classes`` come from the dataset; the YAML may repeat
-them, but a
-disagreement is an error.
+benchmark build runs identically. ``in_channels``/``num_classes`` come from the dataset; the YAML
+may repeat them, but a disagreement is an error. :func:`run_training` builds and checks everything
+(:mod:`segmentation.training.checks`) before it writes anything into the run folder.
 """
 
 from __future__ import annotations
@@ -17,24 +16,25 @@ from torch import nn
 
 import networks
 from segmentation.config import Config, ConfigError
-from segmentation.optim import SCHEDULERS
+from segmentation.errors import DataError, UserError
+from segmentation.optim import OPTIMIZERS, SCHEDULERS
 from segmentation.registry import DATASETS, LOSSES
 
 
-def build_dataset(config: Config, split: str, *, train: bool | None = None, overrides=None):
-    """The dataset of ``split`` with the transform for training (augmented) or evaluation."""
+def build_dataset(config: Config, split: str, *, train: bool | None = None):
+    """The dataset of ``split`` with the transform for training (augmented) or evaluation.
+
+    Raises:
+        DataError: the dataset cannot be built (unreadable tree, empty split, bad argument), or
+            under ``data.on_error: skip`` more than ``data.max_skip_fraction`` of it is broken.
+        FileNotFoundError: the data root or a split folder does not exist.
+    """
     import segmentation.data  # noqa: F401  (registers datasets)
     from segmentation.data.transforms import build_transform
 
-    spec = config.section("data")
-    spec.update(overrides or {})
-    name = spec.pop("name")
-    image_size = spec.pop("image_size", None)
-    augment = spec.pop("augment", "default")
-    preprocess = spec.pop("preprocess", None) or ()
-    extra_channels = spec.pop("extra_channels", None) or ()
-    on_error = spec.pop("on_error", "raise")
-    max_skip_fraction = spec.pop("max_skip_fraction", 0.05)
+    data, spec = config.data, config.dataset_kwargs()
+    name, image_size = data.name, data.image_size
+    preprocess, extra_channels = data.preprocess or (), data.extra_channels or ()
     target, _ = DATASETS.get(name)
     if "image_size" in DATASETS.accepted_kwargs(target) and image_size is not None:
         spec["image_size"] = image_size
@@ -44,28 +44,41 @@ def build_dataset(config: Config, split: str, *, train: bool | None = None, over
         transform = build_transform(
             image_size=image_size,
             train=train,
-            augment=augment if train else "none",
+            augment=data.augment if train else "none",
             seed=config.train.seed,
             preprocess=preprocess,
             extra_channels=extra_channels,
         )
-    dataset = DATASETS.build(name, split=split, transform=transform, **spec)
+    try:
+        dataset = DATASETS.build(name, split=split, transform=transform, **spec)
+    except (ValueError, KeyError, TypeError) as err:
+        if isinstance(err, UserError):
+            raise
+        message = err.args[0] if err.args else err
+        raise DataError(f"data ({name}, split '{split}'): {message}") from err
+    if data.mask_threshold is not None:
+        if not hasattr(dataset, "mask_threshold"):
+            raise ConfigError(
+                f"data.mask_threshold = {data.mask_threshold}, but dataset '{name}' does not "
+                "read masks from files; remove the key."
+            )
+        dataset.mask_threshold = data.mask_threshold
     if extra_channels:  # appended by the transform, so the network input widens with them
         from segmentation.data.channels import count_extra_channels
 
         dataset.in_channels = dataset.in_channels + count_extra_channels(extra_channels)
     dataset.skipped = []
-    if on_error == "skip" and hasattr(dataset, "exclude_unreadable"):
+    if data.on_error == "skip" and hasattr(dataset, "exclude_unreadable"):
         total = len(dataset)
         dataset.skipped = dataset.exclude_unreadable()
         for item in dataset.skipped:
             warnings.warn(
                 f"data.on_error=skip: skipped {item['id']}: {item['error']}", stacklevel=2
             )
-        if len(dataset.skipped) > max_skip_fraction * total:
-            raise ConfigError(
+        if len(dataset.skipped) > data.max_skip_fraction * total:
+            raise DataError(
                 f"{len(dataset.skipped)} of {total} {split} images of '{name}' are unreadable or "
-                f"broken (more than data.max_skip_fraction = {max_skip_fraction}); the first: "
+                f"broken (more than data.max_skip_fraction = {data.max_skip_fraction}); the first: "
                 f"{dataset.skipped[0]['error']}. Repair the data or raise the threshold."
             )
     return dataset
@@ -89,8 +102,17 @@ def model_spec(config: Config, dataset) -> dict:
 
 
 def build_model(spec: dict) -> nn.Module:
-    """Build the network described by :func:`model_spec`."""
-    return networks.build_network(spec["name"], **spec["kwargs"])
+    """Build the network described by :func:`model_spec`.
+
+    Raises:
+        ConfigError: the constructor rejected an argument (its message names it).
+    """
+    try:
+        return networks.build_network(spec["name"], **spec["kwargs"])
+    except (ValueError, TypeError) as err:
+        if isinstance(err, UserError):
+            raise
+        raise ConfigError(f"model ({spec['name']}): {err}") from err
 
 
 def build_loss(config: Config) -> nn.Module:
@@ -106,14 +128,13 @@ def build_optimizer(config: Config, model: nn.Module) -> torch.optim.Optimizer:
 
     Networks may define ``param_groups(lr)`` (e.g. a 10x head learning rate); otherwise one group.
     """
-    classes = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
     spec = config.section("optim")
-    cls = classes[spec.pop("name")]
+    name = spec.pop("name")
     if hasattr(model, "param_groups") and inspect.ismethod(model.param_groups):
         params = model.param_groups(spec.get("lr", 1.0e-3))
     else:
         params = [p for p in model.parameters() if p.requires_grad]
-    return cls(params, **spec)
+    return OPTIMIZERS.build(name, params=params, **spec)
 
 
 def build_scheduler(config: Config, optimizer: torch.optim.Optimizer):
@@ -128,7 +149,12 @@ def resolve_device(name: str) -> torch.device:
     """``auto`` -> CUDA when available, else CPU; otherwise the named device (checked)."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(
+            f"train.device = '{name}' is not a device; use auto, cpu, cuda or cuda:N."
+        ) from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(
             f"train.device = '{name}' but CUDA is not available; use 'cpu' or 'auto'."
@@ -137,8 +163,7 @@ def resolve_device(name: str) -> torch.device:
 
 
 def seed_everything(seed: int) -> None:
-    """Seed python, numpy and torch (initialisation and dropout; data order is seeded
-    separately)."""
+    """Seed python, numpy and torch (initialisation, dropout; data order is seeded separately)."""
     import random
 
     import numpy as np
@@ -153,6 +178,9 @@ def run_training(config: Config, run_dir, *, resume: dict | None = None, extra_h
     ``metrics.json``, and ``plan.json`` with ``train.plan: auto``); under ``torchrun`` every
     process calls this and only rank 0 writes.
 
+    Data, network, image size, batch size and the resumed checkpoint are all built and checked
+    before the first write, so a run that fails at set-up leaves the run folder as it was.
+
     Args:
         config: validated experiment config.
         run_dir: output folder.
@@ -161,6 +189,12 @@ def run_training(config: Config, run_dir, *, resume: dict | None = None, extra_h
 
     Returns:
         The final validation metrics.
+
+    Raises:
+        UserError: a set-up check failed (nothing written), or training stopped on a non-finite
+            loss (``NonFiniteError``; the checkpoints already written are intact).
+        RunStopped: a SIGTERM/SIGINT stopped the run after it wrote a resumable checkpoint and
+            ``metrics.json``.
     """
     import json
     import math
@@ -169,6 +203,8 @@ def run_training(config: Config, run_dir, *, resume: dict | None = None, extra_h
     from segmentation.config import dump_config
     from segmentation.data import collate
     from segmentation.distributed import init_distributed
+    from segmentation.errors import RunStopped
+    from segmentation.training import checks
     from segmentation.training.hooks import CheckpointHook, ConsoleHook, TensorBoardHook
     from segmentation.training.trainer import Trainer
 
@@ -180,25 +216,30 @@ def run_training(config: Config, run_dir, *, resume: dict | None = None, extra_h
         config, plan = plan_config(config)
     cfg = config.train
     run_dir = Path(run_dir)
-    if dist_info.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        dump_config(config, run_dir / "config.yaml")
-        if plan is not None:
-            print(format_plan(plan))
-            if resume is None or not (run_dir / "plan.json").exists():
-                (run_dir / "plan.json").write_text(json.dumps(plan, indent=2))
     set_determinism(cfg.deterministic)
     seed_everything(cfg.seed)
     train_set = build_dataset(config, "train")
     val_set = build_dataset(config, "val")
+    checks.check_batch_fits(train_set, cfg.batch_size * dist_info.world_size, dist_info)
+    for dataset in (train_set, val_set):
+        checks.check_masks_not_all_empty(dataset, config.data.name)
     spec = model_spec(config, train_set)
+    if resume is not None:
+        checks.check_resume_spec(spec, resume)
     model = build_model(spec)
     device = resolve_device(cfg.device)
     if device.type == "cuda" and dist_info.enabled:
         device = torch.device("cuda", dist_info.local_rank)
     if cfg.sync_bn and dist_info.enabled:
+        if device.type != "cuda":
+            raise ConfigError(
+                f"train.sync_bn: true needs CUDA (SyncBatchNorm runs on GPUs only), but this run "
+                f"is on {device}; set train.sync_bn: false: rank 0's BatchNorm statistics are "
+                "then broadcast to every process before each validation."
+            )
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(device)
+    checks.check_image_size(model, spec, config.data.image_size, device)
     if cfg.onednn_linear:
         from networks.kernels.linear import convert_linear
 
@@ -224,7 +265,16 @@ def run_training(config: Config, run_dir, *, resume: dict | None = None, extra_h
         collate_fn=collate,
         dist_info=dist_info,
     )
+    if resume is not None:
+        trainer.load_state_dict(resume)
+    # Everything is built and checked: only now write into the run folder.
     if dist_info.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        dump_config(config, run_dir / "config.yaml")
+        if plan is not None:
+            print(format_plan(plan))
+            if resume is None or not (run_dir / "plan.json").exists():
+                (run_dir / "plan.json").write_text(json.dumps(plan, indent=2))
         effective = cfg.batch_size * dist_info.world_size * cfg.grad_accum
         print(
             f"{spec['name']}: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters "
@@ -233,8 +283,6 @@ def run_training(config: Config, run_dir, *, resume: dict | None = None, extra_h
             f"learning-rate scaling '{cfg.lr_scaling}' (x{factor[cfg.lr_scaling]:g} -> "
             f"{optimizer.param_groups[0]['initial_lr']:.3g})"
         )
-    if resume is not None:
-        trainer.load_state_dict(resume)
     metrics = trainer.fit()
     if not metrics:  # resumed at the final step: nothing left to train, report the current model
         metrics = trainer.evaluate(val_set)
@@ -249,6 +297,12 @@ def run_training(config: Config, run_dir, *, resume: dict | None = None, extra_h
             **metrics,
         }
         (run_dir / "metrics.json").write_text(json.dumps(payload, indent=2))
+    if trainer.stop_reason:
+        raise RunStopped(
+            f"stopped by {trainer.stop_reason} at step {trainer.step} of {cfg.steps}; its "
+            f"checkpoint is written. Resume with: python tools/train.py --resume {run_dir}",
+            reason=trainer.stop_reason,
+        )
     return metrics
 
 

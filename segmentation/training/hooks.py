@@ -16,9 +16,11 @@ from segmentation.training.trainer import Hook, Trainer
 class CheckpointHook(Hook):
     """Checkpoints every ``train.checkpoint_every`` steps, at the end and on a stop signal:
     ``checkpoints/step_<N>.pt`` (the newest ``train.keep_checkpoints`` are kept) and
-    ``checkpoints/last.pt`` (a hard link to the newest); ``checkpoints/best.pt`` whenever the
-    validation metric improves. Every file appears atomically (temp file + rename), so a kill at
-    any moment leaves only complete checkpoints."""
+    ``checkpoints/last.pt`` (a hard link to the newest; with ``keep_checkpoints: 0`` only
+    ``last.pt`` remains); ``checkpoints/best.pt`` whenever the validation metric improves. Every
+    file appears atomically (temp file + rename), so a kill at any moment leaves only complete
+    checkpoints, and a checkpoint with non-finite weights is refused before anything is written.
+    """
 
     def __init__(self, run_dir: str | Path) -> None:
         self.dir = Path(run_dir) / "checkpoints"
@@ -38,14 +40,15 @@ class CheckpointHook(Hook):
         path = self.dir / f"step_{step:08d}.pt"
         save_checkpoint(path, trainer.state_dict())
         link_atomically(path, self.dir / "last.pt")
-        for old in sorted(self.dir.glob("step_*.pt"))[: -trainer.cfg.keep_checkpoints]:
-            old.unlink()
+        steps = sorted(self.dir.glob("step_*.pt"))
+        for old in steps[: len(steps) - trainer.cfg.keep_checkpoints]:
+            old.unlink()  # last.pt is a hard link (or a copy), so it survives its step file
 
 
 class TensorBoardHook(Hook):
     """Scalars (loss terms, lr, grad norm, images/s), validation metrics, and an image panel of
-    input,
-    prediction contour (red) and ground-truth contour (green) on the first validation images."""
+    input, prediction contour (red) and ground-truth contour (green) on the first validation
+    images."""
 
     def __init__(self, run_dir: str | Path, panel_images: int = 4) -> None:
         self.dir = Path(run_dir) / "tb"
@@ -123,9 +126,4 @@ class ConsoleHook(Hook):
         )
 
     def on_fit_end(self, trainer: Trainer) -> None:
-        self.bar.close()
-        if trainer.stop_reason:
-            print(
-                f"stopped by {trainer.stop_reason} at step {trainer.step}; checkpoint written, "
-                "continue with tools/train.py --resume RUN_DIR"
-            )
+        self.bar.close()  # a stop by signal is reported by run_training (RunStopped)

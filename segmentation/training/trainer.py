@@ -2,12 +2,10 @@
 nnU-Net-structured).
 
 ``fit()`` runs steps ``self.step .. train.steps - 1``; each step is ``train_step`` (autocast where
-it helps ->
-loss, or ``model.compute_loss`` for networks whose objective is not "logits -> loss" -> backward ->
-clip ->
-optimizer -> schedule). Validation runs every ``eval_every`` steps on the validation split only and
-selects
-``best.pt`` by a named per-image metric. Hooks (TensorBoard, checkpoints, console) observe the loop.
+it helps -> loss, or ``model.compute_loss`` for networks whose objective is not "logits -> loss"
+-> backward -> clip -> optimizer -> schedule). Validation runs every ``eval_every`` steps on the
+validation split only and selects ``best.pt`` by a named per-image metric (computing HD95/ASSD
+when that metric needs them). Hooks (TensorBoard, checkpoints, console) observe the loop.
 """
 
 from __future__ import annotations
@@ -20,16 +18,33 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from segmentation.checkpoint import clean_state_dict, rng_state, set_rng_state, unwrap
+from segmentation.checkpoint import (
+    clean_state_dict,
+    load_weights,
+    rng_state,
+    set_rng_state,
+    unwrap,
+)
 from segmentation.config import Config
 from segmentation.data.loader import train_loader
-from segmentation.distributed import SINGLE_PROCESS, DistInfo, StopRequest, all_reduce_flag
+from segmentation.distributed import (
+    SINGLE_PROCESS,
+    DistInfo,
+    StopRequest,
+    all_reduce_flag,
+    broadcast_buffers,
+)
+from segmentation.errors import CheckpointError, NonFiniteError
 from segmentation.evaluation.evaluate import evaluate_model
 from segmentation.evaluation.metrics import higher_is_better, metric_value
 
 
 class Hook:
-    """Base class: every callback is a no-op until a subclass overrides it."""
+    """Base class: every callback is a no-op until a subclass overrides it.
+
+    ``on_fit_end`` also runs when training fails (it closes files and progress bars); check
+    ``trainer.step`` against ``trainer.cfg.steps`` to tell a finished run.
+    """
 
     def on_fit_start(self, trainer: Trainer) -> None:
         pass
@@ -138,7 +153,16 @@ class Trainer:
             rank=self.dist.rank,
             world_size=self.dist.world_size,
         )
-        micro_batches: list[dict] = []
+        try:
+            self._loop(loader)
+        finally:
+            for hook in self.hooks:
+                hook.on_fit_end(self)
+        return self.last_metrics
+
+    def _loop(self, loader) -> None:
+        """Steps until the loader ends or a stop signal (see :meth:`fit`)."""
+        accum, micro_batches = self.cfg.grad_accum, []
         with StopRequest() as stop:
             for batch in loader:
                 micro_batches.append(batch)
@@ -147,17 +171,17 @@ class Trainer:
                 logs = self.train_step(micro_batches)
                 micro_batches = []
                 self.step += 1
-                if self.step % self.cfg.eval_every == 0 or self.step == self.cfg.steps:
+                last = self.step == self.cfg.steps
+                if self.step % self.cfg.eval_every == 0 or last:
                     self.validate()
                 if all_reduce_flag(stop.requested is not None, self.dist):
                     self.stop_reason = stop.requested or "signal on another rank"
+                if self.step % self.cfg.checkpoint_every == 0 or last or self.stop_reason:
+                    broadcast_buffers(self.model, self.dist)  # rank 0 saves what all evaluate
                 for hook in self.hooks:
                     hook.on_step_end(self, logs)
                 if self.stop_reason:
                     break
-        for hook in self.hooks:
-            hook.on_fit_end(self)
-        return self.last_metrics
 
     def autocast(self):
         """Autocast context when enabled (off on CPU by default: it slows CPU training)."""
@@ -169,12 +193,17 @@ class Trainer:
         """One optimisation step over ``train.grad_accum`` micro-batches.
 
         A non-finite loss or gradient norm either stops training (``train.nonfinite: stop``,
-        raising ``FloatingPointError`` before any update, so written checkpoints stay intact) or
-        skips the update (``skip``, counted; ``train.max_nonfinite`` consecutive skips stop).
+        raising :class:`~segmentation.errors.NonFiniteError` before any update, so written
+        checkpoints stay intact) or skips the update (``skip``, counted; ``train.max_nonfinite``
+        consecutive skips stop). A skipped step also restores the buffers its forward passes
+        changed (BatchNorm running statistics), so one NaN batch cannot poison the network.
         """
         start = time.perf_counter()
         self.objective.train()
         self.optimizer.zero_grad(set_to_none=True)
+        buffers = None
+        if self.cfg.nonfinite == "skip":
+            buffers = [b.detach().clone() for b in unwrap(self.model).buffers()]
         total, logs, images = 0.0, {}, 0
         for i, batch in enumerate(micro_batches):
             batch = self.to_device(batch)
@@ -196,6 +225,8 @@ class Trainer:
             self.counters["consecutive_nonfinite"] = 0
         else:
             self._non_finite(total, grad_norm)
+            for buffer, saved in zip(unwrap(self.model).buffers(), buffers, strict=True):
+                buffer.copy_(saved)
         self.scaler.update()
         if not isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
             self.scheduler.step()
@@ -212,7 +243,7 @@ class Trainer:
         step = self.step + 1
         what = f"non-finite {'loss' if not math.isfinite(loss) else 'gradient norm'}"
         if self.cfg.nonfinite == "stop":
-            raise FloatingPointError(
+            raise NonFiniteError(
                 f"{what} (loss {loss}, grad norm {grad_norm}) at step {step}; training stopped "
                 "before the update, so the checkpoints already written are intact. Lower "
                 "optim.lr, enable train.grad_clip, set train.nonfinite: skip, or check the data."
@@ -221,7 +252,7 @@ class Trainer:
         self.counters["consecutive_nonfinite"] += 1
         self.optimizer.zero_grad(set_to_none=True)
         if self.counters["consecutive_nonfinite"] >= self.cfg.max_nonfinite:
-            raise FloatingPointError(
+            raise NonFiniteError(
                 f"{self.counters['consecutive_nonfinite']} consecutive non-finite steps up to step "
                 f"{step} (train.max_nonfinite = {self.cfg.max_nonfinite}); training stopped. "
                 "Lower optim.lr or check the data."
@@ -235,6 +266,7 @@ class Trainer:
 
     def validate(self) -> dict:
         """Evaluate on the validation split, update ``best`` and notify hooks."""
+        broadcast_buffers(self.model, self.dist)  # every rank evaluates rank 0's network
         metrics = self.evaluate(self.val_set)
         name = self.best["metric"]
         # Stored as "higher is better" so hd95/assd select the lowest value.
@@ -250,15 +282,16 @@ class Trainer:
             hook.on_eval_end(self, metrics, improved)
         return metrics
 
-    def evaluate(self, dataset, *, boundary: bool = False) -> dict:
+    def evaluate(self, dataset, *, boundary: bool | None = None) -> dict:
         """Metrics of the current model on ``dataset`` (each rank evaluates a shard; the integer
-        counts and per-image rows are gathered exactly)."""
+        counts and per-image rows are gathered exactly). ``boundary=None`` computes HD95/ASSD
+        when ``eval.boundary`` asks for them or ``eval.metric`` is one of them."""
         metrics, _ = evaluate_model(
             self.model,
             dataset,
             device=self.device,
             eval_config=self.config.eval,
-            boundary=boundary,
+            boundary=self.config.validation_boundary if boundary is None else boundary,
             collate_fn=self.collate_fn,
             num_workers=self.cfg.num_workers,
             autocast=self.autocast,
@@ -283,11 +316,22 @@ class Trainer:
         }
 
     def load_state_dict(self, state: dict) -> None:
-        """Restore a :meth:`state_dict` (resume)."""
-        unwrap(self.model).load_state_dict(clean_state_dict(state["model"]))
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.scaler.load_state_dict(state["scaler"])
+        """Restore a :meth:`state_dict` (resume).
+
+        Raises:
+            CheckpointError: the weights or the optimizer/scheduler state do not fit this run.
+        """
+        load_weights(unwrap(self.model), state["model"], source="resumed checkpoint")
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            self.scaler.load_state_dict(state["scaler"])
+        except (ValueError, KeyError, RuntimeError) as err:
+            raise CheckpointError(
+                f"resumed checkpoint: its optimizer/scheduler state does not fit this run "
+                f"({type(err).__name__}: {err}); resume with the optim and sched sections the "
+                "run started with, or start a new run with another --out."
+            ) from err
         self.step, self.best = state["step"], dict(state["best"])
         self.counters.update(state.get("counters", {}))
         set_rng_state(state["rng"])
