@@ -37,8 +37,7 @@ def weights_from_checkpoint() -> Iterator[None]:
     """Inside this context :func:`load_pretrained` loads nothing and returns ``([], [])``.
 
     Used when a network is rebuilt from a dermseg checkpoint: the checkpoint's state dict holds
-    every
-    weight (pretrained parts included), so the original weight files need not exist any more.
+    every weight (pretrained parts included), so the original weight files need not exist any more.
     """
     token = _FROM_CHECKPOINT.set(True)
     try:
@@ -64,6 +63,15 @@ def pad_or_check(x: torch.Tensor, divisor: int, pad: bool, network: str) -> torc
     (the caller crops its logits back), or raise :func:`check_input_shape`'s error."""
     check_input_shape(x, 1 if pad else divisor, network)
     return pad_to_multiple(x, divisor) if pad else x
+
+
+def count_parameters(module: nn.Module) -> dict[str, int]:
+    """``{"total", "trainable"}`` parameter counts (buffers not counted; frozen = the rest)."""
+    params = list(module.parameters())
+    return {
+        "total": sum(p.numel() for p in params),
+        "trainable": sum(p.numel() for p in params if p.requires_grad),
+    }
 
 
 def load_pretrained(

@@ -197,3 +197,36 @@ def test_constructor_errors_name_the_fix(tmp_path):
         tiny(text=" ")
     with pytest.raises(FileNotFoundError, match="bpe_simple_vocab_16e6"):
         tiny(bpe_path=str(tmp_path / "missing.txt.gz"))
+
+
+@pytest.mark.parametrize("finetune, prompt", [("decoder", "exemplar"), ("full", "text")])
+def test_trains_and_evaluates_through_the_shared_loop(tmp_path, finetune, prompt):
+    """Trainer + checkpoint (with the parameter counts) + the evaluate CLI; oracle labels."""
+    import json
+
+    from conftest import tiny_config
+
+    from segmentation.cli import evaluate
+    from segmentation.config import validate
+    from segmentation.training.build import run_training
+
+    raw = dict(tiny_config(steps=2).raw)
+    raw["model"] = {"name": "sam3_adapter_tiny", "finetune": finetune, "prompt": prompt}
+    run = tmp_path / "run"
+    run_training(validate(raw), run)
+    ckpt = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    net = tiny(finetune=finetune, prompt=prompt)
+    counts = {
+        "total": sum(p.numel() for p in net.parameters()),
+        "trainable": sum(p.numel() for p in net.parameters() if p.requires_grad),
+    }
+    assert ckpt["parameters"] == counts
+    assert json.loads((run / "metrics.json").read_text())["parameters"] == counts
+    out = tmp_path / "test"
+    argv = ["--ckpt", str(run / "checkpoints" / "last.pt"), "--out", str(out), "--no-boundary"]
+    assert evaluate.main(argv) == 0
+    label = json.loads((out / "metrics.json").read_text())["prompt"]
+    oracle = prompt not in ("text", "none")
+    assert label == (
+        "oracle prompt (exemplar from ground truth)" if oracle else net.prompt_description
+    )

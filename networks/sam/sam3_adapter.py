@@ -203,6 +203,11 @@ class SAM3Adapter(PromptedSegmenter):
         return super().prompt_description
 
     # ------------------------------------------------------------------ forward
+    def check_input_shape(self, x: torch.Tensor) -> None:
+        """Any ``[B, 3, H, W]`` works: images are resized to the model resolution and back."""
+        check_input_shape(x, 1, type(self).__name__)
+        check_sam_io(type(self).__name__, x.shape[1], 1)
+
     def to_model_input(self, image: torch.Tensor) -> torch.Tensor:
         """``[B, 3, H, W]`` in the input normalisation -> SAM 3's, at the model resolution."""
         x = image * self.input_scale + self.input_shift
@@ -220,7 +225,7 @@ class SAM3Adapter(PromptedSegmenter):
 
     def segment(self, image, points, boxes) -> torch.Tensor:
         """Logits ``[B, 1, H, W]`` for ``image [B, 3, H, W]``; prompts in pixel coordinates."""
-        check_input_shape(image, 1, type(self).__name__)
+        self.check_input_shape(image)
         blocks = sam3_blocks()
         b, device, hw = image.shape[0], image.device, tuple(image.shape[-2:])
         x = self.to_model_input(image)

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 import networks
+from networks.common import count_parameters
 from segmentation.config import Config, ConfigError
 from segmentation.errors import DataError, UserError
 from segmentation.optim import OPTIMIZERS, SCHEDULERS
@@ -276,8 +277,10 @@ def run_training(config: Config, run_dir, *, resume: dict | None = None, extra_h
             if resume is None or not (run_dir / "plan.json").exists():
                 (run_dir / "plan.json").write_text(json.dumps(plan, indent=2))
         effective = cfg.batch_size * dist_info.world_size * cfg.grad_accum
+        counts = count_parameters(model)
         print(
-            f"{spec['name']}: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters "
+            f"{spec['name']}: {counts['total'] / 1e6:.2f} M parameters "
+            f"({counts['trainable'] / 1e6:.2f} M trainable) "
             f"on {device}; effective batch {effective} = {cfg.batch_size} per process x "
             f"{dist_info.world_size} process(es) x {cfg.grad_accum} accumulation step(s); "
             f"learning-rate scaling '{cfg.lr_scaling}' (x{factor[cfg.lr_scaling]:g} -> "
@@ -293,6 +296,7 @@ def run_training(config: Config, run_dir, *, resume: dict | None = None, extra_h
             "stopped_by": trainer.stop_reason,
             "best": trainer.best,
             "nonfinite_steps_skipped": trainer.counters["nonfinite_steps"],
+            "parameters": count_parameters(model),
             "skipped_files": {"train": train_set.skipped, "val": val_set.skipped},
             **metrics,
         }

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from networks.common import count_parameters
 from segmentation.checkpoint import (
     clean_state_dict,
     load_weights,
@@ -312,6 +313,7 @@ class Trainer:
             "step": self.step,
             "best": dict(self.best),
             "counters": dict(self.counters),
+            "parameters": count_parameters(unwrap(self.model)),  # {"total", "trainable"}
             "rng": rng_state(),
         }
 
