@@ -1,12 +1,9 @@
 """A small name -> builder registry shared by networks, losses, datasets and metrics.
 
 Follows the segment-anything ``sam_model_registry`` idea (a dict is the registry) with the
-validation that
-MONAI and timm do in their factories: unknown names get a ``difflib`` "did you mean", unknown
-keyword arguments
-get the list of accepted ones. It lives in ``networks`` so that ``networks`` imports without the
-training library;
-``segmentation.registry`` re-exports it.
+validation that MONAI and timm do in their factories: unknown names get a ``difflib`` "did you
+mean", unknown keyword arguments get the list of accepted ones. It lives in ``networks`` so that
+``networks`` imports without the training library; ``segmentation.registry`` re-exports it.
 """
 
 from __future__ import annotations

@@ -1,8 +1,7 @@
 """U-Net from segmentation-models-pytorch (Iakubovskii 2019) with a ResNet encoder.
 
 Weights are never downloaded: ``encoder_weights`` is a local path to torchvision/timm-style ResNet
-weights
-(``conv1.weight``, ``layer1.0.conv1.weight``, ... as in ``resnet34-*.pth``) or ``None``.
+weights (``conv1.weight``, ``layer1.0.conv1.weight``, ... as in ``resnet34-*.pth``) or ``None``.
 """
 
 from __future__ import annotations

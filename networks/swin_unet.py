@@ -206,12 +206,10 @@ def load_swin_pretrained(model: SwinUNet, path: str | os.PathLike) -> tuple[list
     """Load an official Swin ImageNet checkpoint into a :class:`SwinUNet` (or subclass).
 
     Expects the microsoft/Swin-Transformer layout (a ``model`` dict with
-    ``patch_embed.proj.weight``,
-    ``layers.{s}.blocks.{j}.attn.relative_position_bias_table``,
-    ``layers.{s}.downsample.reduction.weight``,
-    ``norm.weight``, ``head.weight``, ...). As in Swin-Unet's ``load_from``, every encoder block
-    ``layers.{s}.blocks.{j}`` is also copied into the decoder block
-    ``layers_up.{S-1-s}.blocks.{j}``.
+    ``patch_embed.proj.weight``, ``layers.{s}.blocks.{j}.attn.relative_position_bias_table``,
+    ``layers.{s}.downsample.reduction.weight``, ``norm.weight``, ``head.weight``, ...). As in
+    Swin-Unet's ``load_from``, every encoder block ``layers.{s}.blocks.{j}`` is also copied into the
+    decoder block ``layers_up.{S-1-s}.blocks.{j}``.
     Adaptations: ``relative_position_index``/``attn_mask`` buffers are dropped (derived, not
     learned); bias tables are resized bicubically when the window differs (timm
     ``resize_rel_pos_bias_table``); the patch-embedding kernel is adapted to ``in_channels != 3``

@@ -1,8 +1,7 @@
 """Classic U-Net (Ronneberger, Fischer, Brox, MICCAI 2015) with batch normalisation.
 
 Four 2x2 max-poolings, widths ``base_width * (1, 2, 4, 8, 16)``, transposed-convolution up-sampling
-and
-concatenated skips; 31.04 M parameters for 1 class at ``base_width=64``.
+and concatenated skips; 31.04 M parameters for 1 class at ``base_width=64``.
 """
 
 from __future__ import annotations

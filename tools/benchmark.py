@@ -1,7 +1,6 @@
 """Benchmark attention kernels and networks on this machine.
 
-Runs ``segmentation.cli.benchmark``;
-the console script ``dermseg-benchmark`` is the same tool.
+Runs ``segmentation.cli.benchmark``; the console script ``dermseg-benchmark`` is the same tool.
 """
 
 import sys

@@ -1,7 +1,6 @@
-"""Evaluate a checkpoint: ``python tools/evaluate.py --ckpt RUN/checkpoints/best.pt --split test
+"""Evaluate a checkpoint: ``python tools/evaluate.py --ckpt RUN/checkpoints/best.pt --out DIR``.
 
-Runs ``segmentation.cli.evaluate``;
-the console script ``dermseg-evaluate`` is the same tool.
+Runs ``segmentation.cli.evaluate``; the console script ``dermseg-evaluate`` is the same tool.
 """
 
 import sys

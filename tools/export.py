@@ -1,7 +1,6 @@
-"""Export a checkpoint: ``python tools/export.py --ckpt RUN/checkpoints/best.pt --format onnx
+"""Export a checkpoint: ``python tools/export.py --ckpt CKPT --format onnx --out model.onnx``.
 
-Runs ``segmentation.cli.export``;
-the console script ``dermseg-export`` is the same tool.
+Runs ``segmentation.cli.export``; the console script ``dermseg-export`` is the same tool.
 """
 
 import sys

@@ -1,7 +1,6 @@
 """Write (or check) a split file under ``splits/`` from a complete copy of the data.
 
-Runs ``segmentation.cli.make_splits``;
-the console script ``dermseg-make-splits`` is the same tool.
+Runs ``segmentation.cli.make_splits``; the console script ``dermseg-make-splits`` is the same tool.
 """
 
 import sys

@@ -1,7 +1,6 @@
 """Write the embedded synthetic dermoscopy set to disk in the ISIC 2018 Task 1 layout.
 
-Runs ``segmentation.cli.make_synthetic``;
-the console script ``dermseg-make-synthetic`` is the same tool.
+Runs ``segmentation.cli.make_synthetic``, as does the console script ``dermseg-make-synthetic``.
 """
 
 import sys

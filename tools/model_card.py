@@ -1,7 +1,6 @@
-"""Write a model card: ``python tools/model_card.py --ckpt RUN/checkpoints/best.pt --eval EVAL_DIR
+"""Write a model card: ``python tools/model_card.py --ckpt CKPT --eval DIR --out MODEL_CARD.md``.
 
-Runs ``segmentation.cli.model_card``;
-the console script ``dermseg-model-card`` is the same tool.
+Runs ``segmentation.cli.model_card``; the console script ``dermseg-model-card`` is the same tool.
 """
 
 import sys

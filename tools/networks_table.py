@@ -1,7 +1,6 @@
 """Print (or write into README.md) the table of registered networks with their parameter counts.
 
-Runs ``segmentation.cli.networks_table``;
-the console script ``dermseg-networks-table`` is the same tool.
+Runs ``segmentation.cli.networks_table``, as does the console script ``dermseg-networks-table``.
 """
 
 import sys

@@ -1,7 +1,6 @@
 """Plan an experiment from its training data (nnU-Net's 2-D rules).
 
-Runs ``segmentation.cli.plan``;
-the console script ``dermseg-plan`` is the same tool.
+Runs ``segmentation.cli.plan``; the console script ``dermseg-plan`` is the same tool.
 """
 
 import sys

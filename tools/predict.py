@@ -1,7 +1,6 @@
-"""Segment images with a checkpoint: ``python tools/predict.py --ckpt RUN/checkpoints/best.pt
+"""Segment images with a checkpoint: ``python tools/predict.py --ckpt CKPT --input DIR --out DIR``.
 
-Runs ``segmentation.cli.predict``;
-the console script ``dermseg-predict`` is the same tool.
+Runs ``segmentation.cli.predict``; the console script ``dermseg-predict`` is the same tool.
 """
 
 import sys

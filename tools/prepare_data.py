@@ -1,7 +1,6 @@
 """Check a dataset tree as unpacked from the official download, optionally write a resized cache.
 
-Runs ``segmentation.cli.prepare_data``;
-the console script ``dermseg-prepare-data`` is the same tool.
+Runs ``segmentation.cli.prepare_data``, as does the console script ``dermseg-prepare-data``.
 """
 
 import sys

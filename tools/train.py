@@ -1,7 +1,6 @@
 """Train a segmenter: ``python tools/train.py --cfg experiments/att_swinunet.yaml [--set k=v ...]``.
 
-Runs ``segmentation.cli.train``;
-the console script ``dermseg-train`` is the same tool.
+Runs ``segmentation.cli.train``; the console script ``dermseg-train`` is the same tool.
 """
 
 import sys

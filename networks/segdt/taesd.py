@@ -141,8 +141,7 @@ class TAESD(nn.Module):
             if os.fspath(weights).endswith(".safetensors"):
                 raise ValueError(
                     f"TAESD weights '{weights}' are a .safetensors file; dermseg loads torch "
-                    "files. "
-                    'Convert once with: python -c "import torch, safetensors.torch as s; '
+                    'files. Convert once with: python -c "import torch, safetensors.torch as s; '
                     f"torch.save(s.load_file('{weights}'), 'taesd.pth')\" and pass taesd.pth."
                 )
             load_pretrained(self, weights)

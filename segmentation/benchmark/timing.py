@@ -2,11 +2,10 @@
 
 ``tools/benchmark.py`` is the CLI over this module. Model comparisons run every configuration in its
 own fresh subprocess (``python -m segmentation.benchmark.timing --child ...``) because two of the
-settings
-are process-wide and cannot be undone in a running process: glibc reads the malloc variables only at
-start-up, and a model converted to oneDNN linears or compiled keeps caches. A fresh process per
-configuration with the same threads, seed, model, input and timing loop is the honest comparison;
-the parent only collects the JSON each child prints.
+settings are process-wide and cannot be undone in a running process: glibc reads the malloc
+variables only at start-up, and a model converted to oneDNN linears or compiled keeps caches. A
+fresh process per configuration with the same threads, seed, model, input and timing loop is the
+honest comparison; the parent only collects the JSON each child prints.
 """
 
 from __future__ import annotations

@@ -199,8 +199,9 @@ class ISIC2018(ISICTask1):
     """ISIC 2018 Task 1: 2594 train / 100 val / 1000 test.
 
     Args:
-        root: folder holding ``ISIC2018_Task1-2_Training_Input/``, ``ISIC2018_Task1_Training_
-            GroundTruth/`` and the validation/test pairs, as unpacked from the official zips.
+        root: folder holding ``ISIC2018_Task1-2_Training_Input/``,
+            ``ISIC2018_Task1_Training_GroundTruth/`` and the validation/test pairs, as unpacked from
+            the official zips.
         split: ``"train"``, ``"val"`` or ``"test"``.
         transform: see :class:`~segmentation.data.files.FileSegmentationDataset`.
         allow_partial: accept counts that differ from the official ones (a partial copy).

@@ -89,8 +89,7 @@ def group_report(
     if not values:
         raise ValueError(
             f"no row has both a group '{group_key}' and a finite '{metric}' ({len(rows)} rows); "
-            "check "
-            "that the group column was added to the rows."
+            "check that the group column was added to the rows."
         )
     names = sorted(values) if order is None else [str(g) for g in order if str(g) in values]
     unknown = sorted(set(values) - set(names))

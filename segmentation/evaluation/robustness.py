@@ -5,9 +5,9 @@
 degradation plot (:func:`degradation_plot`).
 
 Corruptions (``segmentation.evaluation.corruptions``): each corruption at severities 1-5;
-per-corruption
-Dice (per-image mean), its mean over severities, and that mean relative to the clean Dice; the
-summary is the mean over corruptions of both (relative Dice = corrupted / clean, 1 = no loss).
+per-corruption Dice (per-image mean), its mean over severities, and that mean relative to the
+clean Dice; the summary is the mean over corruptions of both (relative Dice = corrupted / clean,
+1 = no loss).
 
 Adversarial (Paschali et al., "Generalizability vs. Robustness: Adversarial Examples for Medical
 Imaging", MICCAI 2018): FGSM (Goodfellow et al., ICLR 2015) and PGD (Madry et al., ICLR 2018; 10

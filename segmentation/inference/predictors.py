@@ -3,13 +3,13 @@
 A *predictor* is ``(model, image [B, C, H, W]) -> logits [B, K, H, W]``, the signature
 :func:`segmentation.evaluation.evaluate.evaluate_model` accepts as ``predictor=``; so a TTA or
 sliding-window evaluation measures exactly what ``tools/predict.py`` writes (through
-:func:`predict_files`). The predictors here combine
-*probabilities* (sigmoid for one channel, softmax for several), never raw logits: averaging logits
-weights confident views more and is not what "average the predictions" means in the TTA literature
-(e.g. Wang et al., "Aleatoric uncertainty estimation with test-time augmentation for medical image
-segmentation", Neurocomputing 2019). Their ``__call__`` converts the averaged probabilities back to
-logits (``logit(p)`` for one channel, ``log(p)`` for several) so that the metric code's
-``sigmoid > 0.5`` / ``argmax`` binarises the averaged probability.
+:func:`predict_files`). The predictors here combine *probabilities* (sigmoid for one channel,
+softmax for several), never raw logits: averaging logits weights confident views more and is not
+what "average the predictions" means in the TTA literature (e.g. Wang et al., "Aleatoric uncertainty
+estimation with test-time augmentation for medical image segmentation", Neurocomputing 2019). Their
+``__call__`` converts the averaged probabilities back to logits (``logit(p)`` for one channel,
+``log(p)`` for several) so that the metric code's ``sigmoid > 0.5`` / ``argmax`` binarises the
+averaged probability.
 
 Predictors nest: ``SlidingWindowPredictor(roi_size=256, base=FlipTTAPredictor())`` runs flip TTA on
 every window. ``probabilities_and_uncertainty`` also carries the per-pixel variance that generative
