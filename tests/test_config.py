@@ -138,7 +138,6 @@ def test_unknown_selection_metric():
         ("data", "max_skip_fraction", 1.5, "between 0.0 and 1.0"),
         ("data", "image_size", "abc", "data.image_size = 'abc' has type str, expected int"),
         ("data", "image_size", -64, "data.image_size = -64 is out of range"),
-        ("data", "on_error", "ignore", "data.on_error = 'ignore'; choose one of raise, skip"),
         ("data", "augment", "strong", "data.augment = 'strong'; choose one of default"),
         ("data", "mask_threshold", 300, "data.mask_threshold = 300 is out of range"),
         ("optim", "lr", -0.1, "section 'optim' (adamw): Invalid learning rate: -0.1"),
