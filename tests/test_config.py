@@ -9,7 +9,8 @@ from segmentation.config import ConfigError, load_config, validate
 from segmentation.training.build import build_dataset, build_model, model_spec
 
 ROOT = Path(__file__).resolve().parents[1]
-EXPERIMENTS = sorted((ROOT / "experiments").rglob("*.yaml"))
+# experiments/data/ holds data sections for tools/evaluate.py --data (tests/test_evaluate.py)
+EXPERIMENTS = sorted(p for p in (ROOT / "experiments").rglob("*.yaml") if p.parent.name != "data")
 
 
 def base() -> dict:
