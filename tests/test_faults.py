@@ -295,6 +295,31 @@ def test_a_skipped_nan_batch_leaves_batchnorm_statistics_finite(tmp_path, monkey
     assert np.isfinite(metrics["per_image"]["dice"])
 
 
+def test_a_step_that_overflows_batchnorm_statistics_is_non_finite(tmp_path, monkeypatch):
+    # Loss and gradients stay finite, but the running variance of a 1e30-scaled batch is inf.
+    to_device = Trainer.to_device
+
+    def huge_batch_at_step_2(trainer, batch):
+        batch = to_device(trainer, batch)
+        if trainer.step == 1:
+            batch["image"] = batch["image"] * 1.0e30
+        return batch
+
+    monkeypatch.setattr(Trainer, "to_device", huge_batch_at_step_2)
+    with pytest.raises(NonFiniteError, match=r"non-finite buffer '.*running_var'.*at step 2"):
+        run_training(tiny(steps=4), tmp_path / "stop")
+    run_training(tiny(steps=4, nonfinite="skip"), tmp_path / "skip")
+    saved = json.loads((tmp_path / "skip" / "metrics.json").read_text())
+    assert saved["nonfinite_steps_skipped"] == 1 and np.isfinite(saved["per_image"]["dice"])
+
+
+def test_a_diverged_network_stops_at_validation_with_a_non_finite_error(tmp_path):
+    raw = tiny(steps=4, nonfinite="skip").raw
+    raw = {**raw, "optim": {"name": "adamw", "lr": 1.0e6}, "sched": {"name": "constant"}}
+    with pytest.raises(NonFiniteError, match="validation at step 2: logits contain NaN or inf"):
+        run_training(validate(raw), tmp_path)
+
+
 def test_a_checkpoint_with_non_finite_weights_is_never_written(tmp_path):
     path = tmp_path / "ckpt.pt"
     weights = {"conv.weight": torch.ones(2), "bn.running_var": torch.tensor([1.0, float("nan")])}

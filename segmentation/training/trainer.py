@@ -221,11 +221,12 @@ class Trainer:
         clip = self.cfg.grad_clip if self.cfg.grad_clip > 0 else float("inf")
         grad_norm = float(torch.nn.utils.clip_grad_norm_(params, clip))
         finite = math.isfinite(total) and math.isfinite(grad_norm)
-        if not all_reduce_flag(not finite, self.dist):
+        bad_buffer = None if not finite else self._non_finite_buffer()
+        if not all_reduce_flag(not finite or bad_buffer is not None, self.dist):
             self.scaler.step(self.optimizer)
             self.counters["consecutive_nonfinite"] = 0
         else:
-            self._non_finite(total, grad_norm)
+            self._non_finite(total, grad_norm, bad_buffer)
             for buffer, saved in zip(unwrap(self.model).buffers(), buffers, strict=True):
                 buffer.copy_(saved)
         self.scaler.update()
@@ -240,9 +241,21 @@ class Trainer:
             "images_per_s": images * self.dist.world_size / max(seconds, 1e-9),
         }
 
-    def _non_finite(self, loss: float, grad_norm: float) -> None:
+    def _non_finite_buffer(self) -> str | None:
+        """The first buffer (BatchNorm statistics) the step made non-finite, or None.
+
+        Huge activations can overflow a running variance while loss and gradients stay finite.
+        """
+        named = [(n, b) for n, b in unwrap(self.model).named_buffers() if b.is_floating_point()]
+        if not named or bool(torch.stack([b.isfinite().all() for _, b in named]).all()):
+            return None
+        return next(n for n, b in named if not b.isfinite().all())
+
+    def _non_finite(self, loss: float, grad_norm: float, buffer: str | None = None) -> None:
         step = self.step + 1
         what = f"non-finite {'loss' if not math.isfinite(loss) else 'gradient norm'}"
+        if math.isfinite(loss) and math.isfinite(grad_norm):
+            what = f"non-finite buffer '{buffer}'" if buffer else "non-finite value on another rank"
         if self.cfg.nonfinite == "stop":
             raise NonFiniteError(
                 f"{what} (loss {loss}, grad norm {grad_norm}) at step {step}; training stopped "
@@ -286,18 +299,30 @@ class Trainer:
     def evaluate(self, dataset, *, boundary: bool | None = None) -> dict:
         """Metrics of the current model on ``dataset`` (each rank evaluates a shard; the integer
         counts and per-image rows are gathered exactly). ``boundary=None`` computes HD95/ASSD
-        when ``eval.boundary`` asks for them or ``eval.metric`` is one of them."""
-        metrics, _ = evaluate_model(
-            self.model,
-            dataset,
-            device=self.device,
-            eval_config=self.config.eval,
-            boundary=self.config.validation_boundary if boundary is None else boundary,
-            collate_fn=self.collate_fn,
-            num_workers=self.cfg.num_workers,
-            autocast=self.autocast,
-            dist_info=self.dist,
-        )
+        when ``eval.boundary`` asks for them or ``eval.metric`` is one of them.
+
+        Raises:
+            NonFiniteError: the network's logits are not finite (it diverged).
+        """
+        try:
+            metrics, _ = evaluate_model(
+                self.model,
+                dataset,
+                device=self.device,
+                eval_config=self.config.eval,
+                boundary=self.config.validation_boundary if boundary is None else boundary,
+                collate_fn=self.collate_fn,
+                num_workers=self.cfg.num_workers,
+                autocast=self.autocast,
+                dist_info=self.dist,
+            )
+        except ValueError as err:
+            if "NaN or inf" not in str(err):  # SegmentationMetrics.update's non-finite logits
+                raise
+            raise NonFiniteError(
+                f"validation at step {self.step}: {err} Lower optim.lr or enable "
+                "train.grad_clip; the checkpoints already written are intact."
+            ) from err
         return metrics
 
     # ------------------------------------------------------------------ state
