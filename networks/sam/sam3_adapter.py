@@ -50,7 +50,6 @@ or an exemplar (the geometry encoder's point or box branch). ``_tiny``: 1.04 M p
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping, Sequence
 from types import ModuleType
 
@@ -61,8 +60,6 @@ from networks.common import check_input_shape
 from networks.registry import NETWORKS
 from networks.sam.prompts import PromptedSegmenter
 from networks.sam.sam_adapter import check_sam_io
-
-logger = logging.getLogger(__name__)
 
 FINETUNE = ("decoder", "adapter", "full")
 # dermseg's data pipeline normalises images with the ImageNet statistics.
@@ -158,15 +155,6 @@ class SAM3Adapter(PromptedSegmenter):
         self.register_buffer("input_scale", (2 * std).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("input_shift", (2 * mean - 1).view(1, 3, 1, 1), persistent=False)
         self.load_pretrained_and_freeze(checkpoint)
-        total = sum(p.numel() for p in self.parameters())
-        trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
-        logger.info(
-            "SAM3Adapter finetune=%s prompt=%s: %d of %d parameters trainable",
-            finetune,
-            prompt,
-            trainable,
-            total,
-        )
 
     # ------------------------------------------------------------------ freezing and weights
     def frozen_prefixes(self) -> tuple[str, ...]:
