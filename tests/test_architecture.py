@@ -48,6 +48,7 @@ RULES: dict[str, tuple[str, ...]] = {
     "segmentation": (),
     "segmentation.errors": (),
     "segmentation.runtime": (),
+    "segmentation.settings": (),
     "segmentation.distributed": ("segmentation.errors",),
     "segmentation.registry": ("networks",),
     "segmentation.optim": ("networks.registry", "segmentation.errors", "segmentation.registry"),
@@ -64,7 +65,7 @@ RULES: dict[str, tuple[str, ...]] = {
     "segmentation.config": (
         "networks.registry", "segmentation.data", "segmentation.errors",
         "segmentation.evaluation", "segmentation.losses", "segmentation.optim",
-        "segmentation.registry",
+        "segmentation.registry", "segmentation.settings",
     ),
     "segmentation.planning": (
         "networks", "segmentation.config", "segmentation.data", "segmentation.errors",
