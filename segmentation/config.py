@@ -242,6 +242,13 @@ DEFAULTS: dict[str, dict] = {
 }
 
 
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    """``"expected ',' or ']', but got '<stream end>' at line 1, column 7"`` from a YAML error."""
+    mark = getattr(err, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+    return (getattr(err, "problem", None) or " ".join(str(err).split())) + where
+
+
 def apply_override(raw: dict, assignment: str) -> None:
     """Apply one ``section.key=value`` override in place (value parsed with ``yaml.safe_load``)."""
     if "=" not in assignment or "." not in assignment.split("=", 1)[0]:
@@ -260,9 +267,8 @@ def apply_override(raw: dict, assignment: str) -> None:
         value = yaml.safe_load(text)
     except yaml.YAMLError as err:
         raise ConfigError(
-            f"override '{assignment}': the value is not valid YAML "
-            f"({' '.join(str(err).split())}); quote strings and close brackets, e.g. "
-            "--set 'data.preprocess=[clahe]'."
+            f"override '{assignment}': the value is not valid YAML ({_yaml_problem(err)}); "
+            "quote strings and close brackets, e.g. --set 'data.preprocess=[clahe]'."
         ) from None
     if not isinstance(raw.setdefault(section, {}), dict):
         raise ConfigError(f"override '{assignment}': section '{section}' is not a mapping.")
@@ -330,12 +336,9 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
         with open(path) as f:
             raw = yaml.safe_load(f) or {}
     except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(err, "problem", None) or " ".join(str(err).split())
         raise ConfigError(
-            f"config file '{path}' is not valid YAML{where}: {problem}. Check the indentation "
-            "(spaces, not tabs) and that every 'key: value' has a space after the colon."
+            f"config file '{path}' is not valid YAML ({_yaml_problem(err)}). Check the "
+            "indentation (spaces, not tabs) and the space after the colon of every 'key: value'."
         ) from None
     for assignment in overrides:
         apply_override(raw, assignment)

@@ -50,12 +50,12 @@ def test_yaml_that_does_not_parse(tmp_path, capsys):
     cfg = tmp_path / "broken.yaml"
     cfg.write_text("model:\n  name: unet_tiny\n data: {name: synthetic\n")
     code = train_cli.main(["--cfg", str(cfg), "--out", str(tmp_path / "run")])
-    one_line(capsys, code, "broken.yaml' is not valid YAML at line 3")
+    one_line(capsys, code, "broken.yaml' is not valid YAML (", "at line 3, column 2")
 
 
 def test_malformed_set_value(tmp_path, capsys):
     code = train(tmp_path, "data.preprocess=[clahe")
-    one_line(capsys, code, "override 'data.preprocess=[clahe': the value is not valid YAML")
+    one_line(capsys, code, "override 'data.preprocess=[clahe': the value is not valid YAML (")
 
 
 @pytest.mark.parametrize(
