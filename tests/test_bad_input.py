@@ -178,3 +178,20 @@ def test_debug_environment_shows_the_traceback(tmp_path, monkeypatch):
     monkeypatch.setenv("DERMSEG_DEBUG", "1")
     with pytest.raises(ConfigError, match="data.image_size = -64"):
         train(tmp_path, "data.image_size=-64")
+
+
+def test_prepare_data_flags_masks_stored_as_zero_one(tmp_path, capsys):
+    from segmentation.cli import prepare_data
+    from segmentation.data.synthetic import write_isic2018_layout
+
+    root = write_isic2018_layout(
+        tmp_path, n_train=2, n_val=2, n_test=2, size=32, progress=False, force=True
+    )
+    masks = sorted((root / "ISIC2018_Task1_Training_GroundTruth").glob("*.png"))
+    for mask in masks:
+        cv2.imwrite(str(mask), (cv2.imread(str(mask), cv2.IMREAD_GRAYSCALE) > 128).astype("uint8"))
+    assert prepare_data.main(["--dataset", "isic2018", "--root", str(root)]) == 1
+    out = capsys.readouterr().out
+    assert "| train | 2 | 2594 |" in out
+    assert f"train: 2 mask(s) have a maximum of 1..128 (stored as 0/1?), e.g. {masks[0]}" in out
+    assert "--set data.mask_threshold=0" in out and "train: every mask is empty" in out
