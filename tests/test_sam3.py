@@ -210,7 +210,7 @@ def test_trains_and_evaluates_through_the_shared_loop(tmp_path, finetune, prompt
     from segmentation.config import validate
     from segmentation.training.build import run_training
 
-    raw = dict(tiny_config(steps=2).raw)
+    raw = dict(tiny_config(steps=2, image_panel_every=2).raw)  # the panel predicts too
     raw["model"] = {"name": "sam3_adapter_tiny", "finetune": finetune, "prompt": prompt}
     run = tmp_path / "run"
     run_training(validate(raw), run)

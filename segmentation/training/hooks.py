@@ -9,7 +9,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from segmentation.checkpoint import link_atomically, remove_partial_files, save_checkpoint
+from segmentation.checkpoint import (
+    link_atomically,
+    remove_partial_files,
+    save_checkpoint,
+    unwrap,
+)
 from segmentation.training.trainer import Hook, Trainer
 
 
@@ -88,7 +93,12 @@ class TensorBoardHook(Hook):
         image = torch.stack([s["image"] for s in samples]).to(trainer.device)
         was_training = trainer.model.training
         trainer.model.eval()
-        pred = predict_logits(trainer.model, image)[:, 0] > 0
+        net = unwrap(trainer.model)
+        if getattr(net, "prompt_source", None) == "oracle":  # as evaluate_model: ground truth
+            mask = torch.stack([s["mask"] for s in samples]).to(trainer.device)
+            pred = net.predict(image, prompt_mask=mask)[:, 0] > 0
+        else:
+            pred = predict_logits(trainer.model, image)[:, 0] > 0
         trainer.model.train(was_training)
         tiles = [
             draw_contours(

@@ -128,6 +128,13 @@ class Trainer:
         self.last_metrics: dict = {}
         self.counters = {"nonfinite_steps": 0, "consecutive_nonfinite": 0}
         self.stop_reason: str | None = None
+        # Buffers that are non-finite by design (SAM 3's -inf causal text mask) are constants,
+        # not a step going wrong: only the buffers finite at the start are checked after a step.
+        self._finite_buffers = {
+            name
+            for name, buffer in unwrap(model).named_buffers()
+            if buffer.is_floating_point() and bool(buffer.isfinite().all())
+        }
         use_amp = self.cfg.amp == "on" or (self.cfg.amp == "auto" and device.type == "cuda")
         self.amp_dtype = torch.bfloat16 if device.type == "cpu" else torch.float16
         self.use_amp = use_amp
@@ -246,7 +253,7 @@ class Trainer:
 
         Huge activations can overflow a running variance while loss and gradients stay finite.
         """
-        named = [(n, b) for n, b in unwrap(self.model).named_buffers() if b.is_floating_point()]
+        named = [(n, b) for n, b in unwrap(self.model).named_buffers() if n in self._finite_buffers]
         if not named or bool(torch.stack([b.isfinite().all() for _, b in named]).all()):
             return None
         return next(n for n, b in named if not b.isfinite().all())
