@@ -11,7 +11,9 @@ return a ``Sam3Image`` whose state-dict keys, prefixed with ``detector.``, are t
 tensors on ``device="cuda"`` (``PositionEmbeddingSine``, ``TransformerDecoder``) and the
 geometry encoder pins a small tensor (``Tensor.pin_memory``) when it encodes boxes.
 :class:`CudaFree` (a ``TorchFunctionMode``) sends such tensors to the build device and makes
-pinning a no-op when CUDA is absent; nothing else is changed.
+pinning a no-op when CUDA is absent. It also leaves two text-encoder tensors uninitialised
+(``torch.empty``, always overwritten by its checkpoint); :func:`init_uninitialised` gives them
+open_clip's initialisation so that a model without weights is finite. Nothing else is changed.
 
 References:
     Carion et al., "SAM 3: Segment Anything with Concepts", arXiv 2511.16719, 2025
