@@ -473,3 +473,15 @@ def test_sam_family_shares_one_freeze_and_loader():
     assert trainable and all(
         ".adapter." in n or n.startswith("mask_decoder.") for n in trainable
     ), "only adapters and the mask decoder train"
+
+
+def test_set_up_image_size_check_gives_oracle_prompted_networks_a_mask():
+    """segmentation.training.checks probes the network; a box prompt must not need the data."""
+    from segmentation.config import ConfigError
+    from segmentation.training.checks import check_image_size
+
+    net = build_network("sam_adapter_tiny", in_channels=3, num_classes=1, prompt="box")
+    spec = {"name": "sam_adapter_tiny", "kwargs": {"in_channels": 3}}
+    check_image_size(net, spec, 128, torch.device("cpu"))
+    with pytest.raises(ConfigError, match="divisible by 16"):
+        check_image_size(net, spec, 100, torch.device("cpu"))

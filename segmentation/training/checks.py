@@ -110,10 +110,13 @@ def check_image_size(
         else:
             devices = [device] if device.type == "cuda" else []
             was_training = model.training
+            # oracle-prompted networks (SAM family, box/point) sample their prompt from a mask
+            prompted = getattr(model, "prompt_source", None) == "oracle"
+            mask = torch.ones(1, image_size, image_size, dtype=torch.long, device=device)
             with torch.random.fork_rng(devices=devices), torch.no_grad():
                 model.eval()
                 try:
-                    model(x)
+                    model(x, prompt_mask=mask) if prompted else model(x)
                 finally:
                     model.train(was_training)
     except ValueError as err:
