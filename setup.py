@@ -48,7 +48,7 @@ setup(
             "dermseg-plan=segmentation.cli.plan:main",
             "dermseg-predict=segmentation.cli.predict:main",
             "dermseg-prepare-data=segmentation.cli.prepare_data:main",
-            "dermseg-train=segmentation.cli.train:main",
+            "dermseg-train=segmentation.cli.train:run",
         ]
     },
     extras_require={

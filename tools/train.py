@@ -5,7 +5,7 @@ Runs ``segmentation.cli.train``; the console script ``dermseg-train`` is the sam
 
 import sys
 
-from segmentation.cli.train import main
+from segmentation.cli.train import run
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run())

@@ -92,8 +92,14 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
+def run(argv: list[str] | None = None) -> int:
+    """Console entry point: re-exec once with the glibc malloc settings (segmentation.runtime),
+    then :func:`main`. ``main`` itself never re-execs, so tests can call it in-process."""
     from segmentation.runtime import ensure_malloc_env
 
     ensure_malloc_env()
-    sys.exit(main())
+    return main(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(run())
