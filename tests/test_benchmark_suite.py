@@ -1,7 +1,8 @@
 """The CI benchmark suite: check logic on doctored results, README markers, the CI configs, one row.
 
 The real suite (30 minutes) never runs here: the check is exercised on fake results and through the
-CLI with ``run_suite`` replaced; ``run_row`` runs once on a 2-step ``unet_tiny`` config.
+CLI with ``run_suite`` replaced; ``run_row`` runs once on a 2-step ``unet_tiny`` config. The main
+(three-seed) suite is tested in ``tests/test_benchmark_main.py``.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from segmentation.benchmark import row as benchmark_row
 from segmentation.benchmark import suite as benchmark_suite
 from segmentation.benchmark.readme import README_END, README_START, render_markdown, write_readme
 from segmentation.benchmark.suite import QUALITY, TOLERANCES, check, suite_configs
@@ -44,7 +46,7 @@ def fake_row(name: str, dice: float = 0.8) -> dict:
         "infer_images_s": 80.0,
         "wall_s": 120.0,
     }
-    for tag in benchmark_suite.HARD_TAGS:
+    for tag in benchmark_row.HARD_TAGS:
         row[f"dice_{tag}"], row[f"n_{tag}"] = dice - 0.15, 30
     return row
 
@@ -164,7 +166,7 @@ def test_readme_write_is_idempotent_and_touches_only_the_markers(tmp_path):
 def test_readme_without_markers_is_an_error(tmp_path):
     readme = tmp_path / "README.md"
     readme.write_text("# no markers\n")
-    with pytest.raises(ValueError, match="must contain the markers"):
+    with pytest.raises(ValueError, match="expected the markers"):
         write_readme(readme, fake_result())
 
 
@@ -196,7 +198,7 @@ def test_only_rejects_unknown_rows():
 
 def test_gmac_of_a_convolutional_network_scales_with_the_pixel_count():
     spec = {"name": "unet_tiny", "kwargs": {"in_channels": 3, "num_classes": 1}}
-    g64, g128 = benchmark_suite.count_gmac(spec, 64), benchmark_suite.count_gmac(spec, 128)
+    g64, g128 = benchmark_row.count_gmac(spec, 64), benchmark_row.count_gmac(spec, 128)
     assert g64 > 0 and g128 == pytest.approx(4 * g64, rel=1e-9)
 
 
@@ -210,7 +212,7 @@ def test_run_row_trains_tests_and_records_every_column(tmp_path):
     raw["train"].update(device="cpu", deterministic=True, image_panel_every=0)
     config = validate(raw)
     try:
-        row = benchmark_suite.run_row("tiny", config, tmp_path / "tiny", log=lambda *_: None)
+        row = benchmark_row.run_row("tiny", config, tmp_path / "tiny", log=lambda *_: None)
     finally:  # train.deterministic is process-wide; leave the default for the other tests
         torch.use_deterministic_algorithms(False)
     assert row["n_test"] == 12 and row["step"] == 2

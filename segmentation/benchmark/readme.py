@@ -1,7 +1,9 @@
-"""The README benchmark section: protocol statement and table rendered from ``benchmarks/ci.json``.
+"""The README benchmark sections, rendered from ``benchmarks/ci.json`` (the regression suite) and
+``benchmarks/synthetic.json`` (the main table, :func:`render_main_markdown`).
 
-Only the text between the markers is rewritten, so the README's other sections (maintained by hand)
-never change and a second write with the same results is a no-op.
+Only the text between each section's markers is rewritten
+(:func:`segmentation.reporting.tables.replace_between_markers`), so the README's other sections
+(maintained by hand) never change and a second write with the same results is a no-op.
 """
 
 from __future__ import annotations
@@ -9,9 +11,11 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from segmentation.benchmark.suite import HARD_TAGS
+from segmentation.benchmark.row import HARD_TAGS
+from segmentation.reporting.tables import format_number, replace_between_markers
 
 README_START, README_END = "<!-- benchmark:ci:start -->", "<!-- benchmark:ci:end -->"
+MAIN_START, MAIN_END = "<!-- benchmark:synthetic:start -->", "<!-- benchmark:synthetic:end -->"
 _COLUMNS = [
     ("Network", lambda r: f"`{r['label']}`" if r["label"] == r["name"] else f"`{r['name']}` "
      f"**{r['label'][len(r['name']):].strip(' ()')}**"),
@@ -34,9 +38,7 @@ _COLUMNS = [
 
 
 def _num(value, fmt: str) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "-"
-    return format(value, fmt)
+    return format_number(value, fmt, missing="-")
 
 
 def render_markdown(result: dict) -> str:
@@ -97,19 +99,188 @@ def render_markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
-def write_readme(readme: str | Path, result: dict) -> bool:
-    """Replace the text between the benchmark markers of ``readme``; True when it changed."""
+def _pm(stats: dict, fmt: str) -> str:
+    """``mean +- std`` of a :func:`~segmentation.benchmark.stats.mean_std` summary."""
+    if stats.get("mean") is None:
+        return "-"
+    std = "" if stats.get("std") is None else f" +- {_num(stats['std'], fmt)}"
+    return _num(stats["mean"], fmt) + std
+
+
+def _delta(delta: dict | None) -> str:
+    if not delta:
+        return "reference" if delta is None else "-"
+    low, high = delta["ci95"]
+    text = f"{delta['mean']:+.4f} [{low:+.4f}, {high:+.4f}]"
+    return f"**{text}**" if delta["significant"] else text
+
+
+def _curve(conv: dict) -> str:
+    """Mean validation Dice at 50 / 75 / 100 % of the steps."""
+    at = dict(zip(conv["fractions"], conv["mean_val_dice"], strict=True))
+    return " / ".join(_num(at.get(f), ".3f") for f in (0.5, 0.75, 1.0))
+
+
+def _main_line(name: str, row: dict, variant: dict | None = None, label: str | None = None):
+    v = variant or row
+    s = v["summary"]
+    conv = row["convergence"]
+    flag = "still improving" if conv["still_improving"] else "yes"
+    if conv["rise_last_quarter"] is None:
+        flag = "-"
+    seeds = "" if row["n_seeds"] == 3 else f" ({row['n_seeds']} seeds)"
+    cells = [
+        f"`{label or row['label']}`{seeds}",
+        _pm(s["dice"], ".4f"),
+        _delta(v.get("delta_vs_unet")),
+        _pm(s["iou"], ".4f"),
+        _pm(s["thresholded_jaccard"], ".4f"),
+        _pm(s["hd95"], ".1f"),
+        _pm(s["worst_group_dice"], ".3f"),
+        *[_pm(s[f"dice_{tag}"], ".3f") for tag in HARD_TAGS],
+        _curve(conv) if variant is None else "(same run)",
+        flag if variant is None else "",
+        _num(row["params"] / 1e6, ".2f"),
+        _num(row.get("gmac") if variant is None else None, ".2f"),  # SegDT: at its default K
+        f"{row['recipe']['steps']} x {row['recipe']['batch_size']}",
+        _num(row.get("train_tmac"), ".1f"),
+        _num((row.get("train_wall_s") or math.nan) / 60, ".1f"),
+    ]
+    return "| " + " | ".join(cells) + " |"
+
+
+_MAIN_HEADER = [
+    "Network", "Dice", "Delta Dice vs U-Net [95 % CI]", "IoU", "Thr. Jaccard", "HD95 px",
+    "Worst tone group Dice", *[f"Dice {t.replace('_', ' ')}" for t in HARD_TAGS],
+    "Val Dice at 50 / 75 / 100 %", "Converged", "Params (M)", "GMAC", "Steps x batch",
+    "Train TMAC", "Train min/seed",
+]  # fmt: skip
+
+
+def _main_table(rows: dict, aliases: dict) -> list[str]:
+    lines = ["| " + " | ".join(_MAIN_HEADER) + " |", "|" + "---|" * len(_MAIN_HEADER)]
+    for name, row in rows.items():
+        default = str(row.get("sample_steps"))
+        lines.append(_main_line(name, row, None, f"{name} (K = {default})" if "sampling" in row
+                                else None))  # fmt: skip
+        for k, variant in row.get("sampling", {}).items():
+            if k != default:
+                lines.append(_main_line(name, row, variant, f"{name} (K = {k})"))
+        for alias, target in aliases.items():
+            if target == name:
+                lines.append(f"| `{alias}` | = `{name}`: the same network and recipe "
+                             "(not trained twice) |" + " |" * (len(_MAIN_HEADER) - 2))  # fmt: skip
+    return lines
+
+
+def significance_sentence(rows: dict, reference: str) -> str:
+    """Which rows differ significantly from ``reference`` (95 % paired CI excludes 0), in words."""
+    better, worse, same = [], [], []
+    for name, row in rows.items():
+        for label, v in [(name, row)] + [
+            (f"{name} K = {k}", v) for k, v in row.get("sampling", {}).items()
+            if k != str(row.get("sample_steps"))
+        ]:  # fmt: skip
+            delta = v.get("delta_vs_unet")
+            if not delta:
+                continue
+            item = f"`{label}` ({delta['mean']:+.3f})"
+            if not delta["significant"]:
+                same.append(item)
+            else:
+                (better if delta["mean"] > 0 else worse).append(item)
+    parts = []
+    if better:
+        parts.append(f"better than `{reference}`: " + ", ".join(better))
+    if worse:
+        parts.append(f"worse than `{reference}`: " + ", ".join(worse))
+    if same:
+        parts.append("not significantly different (the CI includes 0): " + ", ".join(same))
+    return "At the 95 % level, " + "; ".join(parts) + "." if parts else ""
+
+
+def render_main_markdown(result: dict) -> str:
+    """The main-table section, every number read from ``result`` (``benchmarks/synthetic.json``)."""
+    p = result["protocol"]
+    data = p["data"]
+    seeds = ", ".join(str(s) for s in p["seeds"])
+    boot = p["bootstrap"]
+    methods = {n: r for n, r in result["rows"].items() if r["block"] == "methods"}
+    sam = {n: r for n, r in result["rows"].items() if r["block"] != "methods"}
+    total = sum(s["wall_s"] for r in result["rows"].values() for s in r["per_seed"])
+    lines = [
+        "Generated by `python tools/benchmark.py --suite synthetic --json "
+        "benchmarks/synthetic.json --write-readme` from `benchmarks/synthetic.json`; do not edit "
+        "by hand. Figure: "
+        "[benchmarks/synthetic.png](benchmarks/synthetic.png) (Dice against training compute).",
+        "",
+        f"Protocol: synthetic dermoscopy (generator seed {data.get('seed', 0)}) at "
+        f"{p['image_size']}x{p['image_size']}: {data.get('n_train')} training, {data.get('n_val')} "
+        f"validation and {p['n_test']} test images, the same for every row. Each row trains from "
+        "scratch with its own recipe (`experiments/synthetic/<row>.yaml`, chosen on the "
+        f"validation split; the YAML comments list what was tried) with `train.seed` {seeds}, "
+        f"{'deterministic' if p['deterministic'] else 'non-deterministic'} kernels and "
+        f"{p['threads']} thread(s) on {p['cpu']} (torch {p['torch']}); `best.pt` is chosen by "
+        "validation per-image Dice, checked at 25/50/75/100 % of the steps, and tested once. "
+        "Numbers are mean +- standard deviation over the seeds (sample std) of per-image means; "
+        "HD95 in pixels (MONAI definition, images with an empty mask or prediction excluded); the "
+        "worst tone group is each seed's lowest chardon6 group (the generator's true ITA).",
+        "",
+        f"Delta Dice vs U-Net: per test image, the Dice averaged over the seeds minus `"
+        f"{p['reference_row']}`'s, averaged over the images, with its paired bootstrap "
+        f"{100 * boot['ci']:g} % CI ({boot['n_boot']} resamples of the test images, seed "
+        f"{boot['seed']}); the CI reflects which test images were drawn (seed noise is averaged "
+        "out, see the std). **Bold**: the CI excludes 0. Converged: the mean validation Dice "
+        f"rose by at most {p['convergence_threshold']:g} over the last quarter of the steps, "
+        'else "still improving". Cost: GMAC of one prediction at the suite\'s size; training '
+        "compute in TMAC = counted GMAC of one training step per image (forward, loss, backward) x "
+        "steps x batch; wall minutes of training per seed on this machine.",
+        "",
+        *_main_table(methods, p.get("aliases", {})),
+        "",
+        significance_sentence(methods, p["reference_row"]),
+    ]
+    if sam:
+        lines += [
+            "",
+            "**SAM-family pipeline checks - not SAM results.** No pretrained SAM weights are "
+            "available here, so the frozen image encoders below are random: these rows test the "
+            "adapter, prompt and decoder pipeline and must not be read as the performance of SAM, "
+            "SAM 2 or MedSAM, nor compared with the methods above.",
+            "",
+            *_main_table(sam, {}),
+        ]
+    notes = []
+    for name, row in result["rows"].items():
+        if row.get("prompt"):
+            notes.append(f"`{name}`: {row['prompt']}")
+        if row["trainable_params"] != row["params"]:
+            notes.append(f"`{name}`: {row['trainable_params'] / 1e6:.2f} M of "
+                         f"{row['params'] / 1e6:.2f} M parameters trained")  # fmt: skip
+        for k, v in row.get("sampling", {}).items():
+            empty = v["summary"]["n_empty_pred_on_lesion"]["mean"]
+            notes.append(f"`{name}` K = {k}: {_num(empty, '.1f')} empty predictions on test "
+                         "images with a lesion (mean over seeds)")  # fmt: skip
+    if notes:
+        lines += ["", "Notes: " + "; ".join(notes) + "."]
+    if result.get("failures"):
+        lines += ["", "Failed runs: " + "; ".join(result["failures"]) + "."]
+    lines += ["", f"Suite compute: {total / 3600:.1f} h of run wall time on {p['cpu']} "
+              f"({sum(r['n_seeds'] for r in result['rows'].values())} runs)."]  # fmt: skip
+    return "\n".join(lines)
+
+
+def write_readme(readme: str | Path, result: dict, *, main: bool = False) -> bool:
+    """Rewrite the regression section (``main``: the main-table section) of ``readme`` from
+    ``result``; True when the file changed."""
     readme = Path(readme)
     text = readme.read_text()
-    if text.count(README_START) != 1 or text.count(README_END) != 1:
-        raise ValueError(
-            f"{readme} must contain the markers {README_START} and {README_END} once each (found "
-            f"{text.count(README_START)} and {text.count(README_END)}); add them in the "
-            "'Benchmark' section."
-        )
-    head, rest = text.split(README_START)
-    _, tail = rest.split(README_END)
-    new = f"{head}{README_START}\n{render_markdown(result)}\n{README_END}{tail}"
+    start, end = (MAIN_START, MAIN_END) if main else (README_START, README_END)
+    body = render_main_markdown(result) if main else render_markdown(result)
+    try:
+        new = replace_between_markers(text, start, end, body)
+    except ValueError as err:
+        raise ValueError(f"{readme}: {err} (the 'Benchmark' section)") from None
     if new != text:
         readme.write_text(new)
     return new != text

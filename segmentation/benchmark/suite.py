@@ -23,7 +23,8 @@ from pathlib import Path
 
 import torch
 
-from segmentation.training.trainer import Hook
+from segmentation.benchmark.row import HARD_TAGS, run_row
+from segmentation.reporting.tables import format_number
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SUITES = {
@@ -31,12 +32,13 @@ SUITES = {
     "isic2018": "experiments/isic2018",
     "isic2017": "experiments/isic2017",
     "ph2": "experiments/ph2",
+    "synthetic": "experiments/synthetic",
 }
 ROW_ORDER = (
-    "unet", "smp_unet", "swin_unet", "att_swinunet_none", "att_swinunet_cross",
-    "att_swinunet_cross_spatial", "mcanet", "iscf", "transdae", "segdt", "sam_adapter",
+    "unet", "smp_unet", "nnunet2d", "swin_unet", "att_swinunet_none", "att_swinunet_cross",
+    "att_swinunet_spatial", "att_swinunet_cross_spatial", "mcanet", "iscf", "iscf_off",
+    "transdae", "segdt", "sam_adapter", "medsam_ca", "sam2_adapter", "sam3",
 )  # fmt: skip
-HARD_TAGS = ("low_contrast", "heavy_hair", "tiny")
 # Absolute tolerances of --check, per quality metric. Whole-test-set overlap metrics get 0.02;
 # thresholded Jaccard jumps by a whole IoU when an image crosses 0.65, so 0.03; the subset metrics
 # (worst skin-tone group, gap, hard tags) average 25-60 images each, so 0.04; HD95 in pixels.
@@ -56,11 +58,14 @@ TIMINGS = ("train_images_s", "infer_images_s", "wall_s")
 PROTOCOL_KEYS = ("steps", "batch_size", "image_size", "n_test", "seed")
 
 
-def suite_configs(suite: str, only: list[str] | None = None) -> dict[str, Path]:
-    """``{row name: yaml path}`` of a suite (file stem = row name), optionally a subset."""
+def suite_configs(
+    suite: str, only: list[str] | None = None, folder: Path | None = None
+) -> dict[str, Path]:
+    """``{row name: yaml path}`` of a suite (file stem = row name), optionally a subset;
+    ``folder`` replaces the suite's ``experiments/`` folder (tests)."""
     if suite not in SUITES:
         raise KeyError(f"unknown suite '{suite}'; accepted: {', '.join(SUITES)}.")
-    found = sorted((REPO_ROOT / SUITES[suite]).glob("*.yaml"))
+    found = sorted(Path(folder or REPO_ROOT / SUITES[suite]).glob("*.yaml"))
     # table order: the network families from classic to prompted, then anything added later
     rank = {name: i for i, name in enumerate(ROW_ORDER)}
     paths = {p.stem: p for p in sorted(found, key=lambda p: (rank.get(p.stem, len(rank)), p.stem))}
@@ -81,150 +86,6 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or "unknown"
-
-
-def count_gmac(spec: dict, size: int) -> float | None:
-    """GMAC of one forward (or one ``predict`` call) at ``1 x C x size x size``.
-
-    ``torch.utils.flop_counter.FlopCounterMode`` counts 2 FLOPs per multiply-accumulate of matmul,
-    convolution and attention ops; GMAC = total / 2 / 1e9. Networks taking ``attention_backend``
-    are built with the ``reference`` path (plain matmuls, all counted). ``None`` when the network
-    does not run at that size.
-    """
-    from torch.utils.flop_counter import FlopCounterMode
-
-    import networks
-    from segmentation.evaluation.evaluate import predict_logits
-
-    target, _ = networks.NETWORKS.get(spec["name"])
-    kwargs = dict(spec["kwargs"])
-    if "attention_backend" in networks.NETWORKS.accepted_kwargs(target):
-        kwargs["attention_backend"] = "reference"
-    model = networks.build_network(spec["name"], **kwargs).eval()
-    image = torch.zeros(1, kwargs["in_channels"], size, size)
-    counter = FlopCounterMode(display=False)
-    try:
-        with torch.no_grad(), counter:
-            predict_logits(model, image)
-    except (ValueError, RuntimeError, AssertionError):
-        return None
-    return counter.get_total_flops() / 2 / 1e9
-
-
-class _TimingHook(Hook):
-    """Wall and process-CPU time of the training loop up to the step before the final validation."""
-
-    def __init__(self) -> None:
-        self.start = self.start_cpu = None
-        self.images, self.seconds, self.cpu_seconds = 0, math.nan, math.nan
-
-    def on_fit_start(self, trainer) -> None:
-        self.start, self.start_cpu = time.perf_counter(), time.process_time()
-
-    def on_step_end(self, trainer, logs) -> None:
-        # the last step also ran the validation; with one step only, it is all there is
-        if trainer.step == trainer.cfg.steps - 1 or trainer.cfg.steps == 1:
-            self.images = trainer.step * trainer.cfg.batch_size
-            self.seconds = time.perf_counter() - self.start
-            self.cpu_seconds = time.process_time() - self.start_cpu
-
-
-def _group_stats(rows: list[dict], synthetic: bool) -> dict:
-    """Worst skin-tone group Dice and gap, and Dice on the hard tags, from per-image rows."""
-    from segmentation.data.color import ITA_BINS
-    from segmentation.evaluation.groups import group_report
-
-    column = "ita_group" if synthetic else "ita_chardon6"
-    rows = [{**r, column: None} if r.get(column) == "unknown" else r for r in rows]
-    report = group_report(
-        rows, column, "dice", n_boot=1000, order=[n for _, n in ITA_BINS["chardon6"]]
-    )
-    out = {
-        "group_column": column,
-        "groups": {g: {"n": s["n"], "dice": s["mean"]} for g, s in report["groups"].items()},
-        "worst_group": report["worst_group"],
-        "worst_group_dice": report["worst_value"],
-        "group_gap": report["gap"],
-    }
-    for tag in HARD_TAGS:
-        values = [r["dice"] for r in rows if r.get(f"tag_{tag}")]
-        out[f"dice_{tag}"] = sum(values) / len(values) if values else None
-        out[f"n_{tag}"] = len(values)
-    return out
-
-
-def _inference_images_s(model, dataset, batch: int = 8, repeat: int = 3) -> dict:
-    from segmentation.benchmark.timing import time_callable
-    from segmentation.data import collate
-    from segmentation.evaluation.evaluate import predict_logits
-
-    image = collate([dataset[i] for i in range(min(batch, len(dataset)))])["image"]
-    model.eval()
-    with torch.inference_mode():
-        t = time_callable(
-            lambda: predict_logits(model, image), device=torch.device("cpu"), warmup=1,
-            repeat=repeat,
-        )  # fmt: skip
-    n = image.shape[0]
-    return {
-        "infer_images_s": n / t["median_ms"] * 1e3,
-        "infer_cpu_images_s": n / t["cpu_median_ms"] * 1e3,
-    }
-
-
-def run_row(name: str, config, run_dir: Path, *, log=print) -> dict:
-    """Train one configuration into ``run_dir``, evaluate ``best.pt`` once on the test split."""
-    from segmentation.checkpoint import load_checkpoint, model_from_checkpoint
-    from segmentation.data import collate
-    from segmentation.evaluation.evaluate import evaluate_model
-    from segmentation.training.build import build_dataset, run_training
-
-    start = time.perf_counter()
-    timing = _TimingHook()
-    val = run_training(config, run_dir, extra_hooks=[timing])
-    ckpt = load_checkpoint(run_dir / "checkpoints" / "best.pt")
-    model = model_from_checkpoint(ckpt).eval()
-    spec = ckpt["model_spec"]
-    test_set = build_dataset(config, "test")
-    metrics, rows = evaluate_model(
-        model, test_set, device=torch.device("cpu"), eval_config=config.eval, boundary=True,
-        collate_fn=collate,
-    )  # fmt: skip
-    synthetic = config.raw["data"]["name"] == "synthetic"
-    if not synthetic:
-        from segmentation.evaluation.fairness import add_skin_tone
-
-        rows = add_skin_tone(rows, test_set)
-    net = model
-    oracle = getattr(net, "prompt_source", None) == "oracle"
-    row = {
-        "name": name,
-        "label": f"{name} (oracle prompt)" if oracle else name,
-        "network": spec["name"],
-        "model_kwargs": {k: v for k, v in spec["kwargs"].items()},
-        "prompt": metrics.get("prompt"),
-        "params": sum(p.numel() for p in model.parameters()),
-        "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
-        "gmac_128": count_gmac(spec, 128),
-        "gmac_224": count_gmac(spec, 224),
-        "measured_call": "predict" if hasattr(model, "predict") else "forward",
-        "n_test": metrics["n_images"],
-        "val_dice": val.get("per_image", {}).get("dice"),
-        "step": ckpt.get("step"),
-        **{k: metrics["per_image"][k] for k in ("dice", "iou", "thresholded_jaccard", "hd95")},
-        "hd95_excluded": metrics["boundary_excluded"],
-        "global_dice": metrics["global"]["dice"],
-        **_group_stats(rows, synthetic),
-        "train_images_s": timing.images / timing.seconds if timing.images else None,
-        "train_cpu_images_s": timing.images / timing.cpu_seconds if timing.images else None,
-        **_inference_images_s(model, test_set),
-    }
-    row["wall_s"] = time.perf_counter() - start
-    log(
-        f"{name}: dice {row['dice']:.4f}, hd95 {row['hd95']:.2f} px, worst group "
-        f"{row['worst_group']} {row['worst_group_dice']:.4f}; {row['wall_s']:.0f} s"
-    )
-    return row
 
 
 def protocol(configs: dict, threads: int, suite: str) -> dict:
@@ -378,64 +239,16 @@ def check(reference: dict, current: dict, registered: list[str]) -> tuple[list[s
             tol = tolerances[metric]
             if not _close(row.get(metric), ref.get(metric), tol):
                 failures.append(
-                    f"{name}: {metric} {_fmt(row.get(metric))} vs reference "
-                    f"{_fmt(ref.get(metric))} (tolerance +-{tol:g})"
+                    f"{name}: {metric} {fmt(row.get(metric))} vs reference "
+                    f"{fmt(ref.get(metric))} (tolerance +-{tol:g})"
                 )
         timings = ", ".join(
-            f"{key} {_fmt(row.get(key))} (ref {_fmt(ref.get(key))})" for key in TIMINGS
+            f"{key} {fmt(row.get(key))} (ref {fmt(ref.get(key))})" for key in TIMINGS
         )
         report.append(f"{name}: {timings} [timings are reported, not checked]")
     return failures, report
 
 
-def _fmt(value) -> str:
-    return "-" if value is None else (f"{value:.4f}" if isinstance(value, float) else str(value))
-
-
-def cli(args) -> int:
-    """``tools/benchmark.py --suite``: run, write ``--json``/README, ``--check``; the exit code."""
-    import json
-
-    from segmentation.benchmark.readme import write_readme
-
-    reference = None
-    if args.check:  # read (and fail on) the reference before an hour of training
-        reference = json.loads(Path(args.check).read_text())
-    only = args.only.split(",") if args.only else None
-    try:  # argument errors as one line, before any training
-        suite_configs(args.suite, only)
-    except KeyError as err:
-        raise SystemExit(f"error: {err.args[0]}") from None
-    if args.suite != "ci" and not args.data_root:
-        raise SystemExit(f"error: --suite {args.suite} reads real data; pass --data-root DIR.")
-    result = run_suite(
-        args.suite,
-        only=only,
-        steps=args.steps,
-        threads=args.threads,
-        data_root=args.data_root,
-        work_dir=args.work_dir,
-    )
-    for row in result["rows"].values():
-        print(
-            f"{row['label']:<28} dice {_fmt(row['dice'])} iou {_fmt(row['iou'])} "
-            f"thrJ {_fmt(row['thresholded_jaccard'])} hd95 {_fmt(row['hd95'])} "
-            f"global {_fmt(row['global_dice'])} worst {row['worst_group']} "
-            f"{_fmt(row['worst_group_dice'])} | train {_fmt(row['train_images_s'])} img/s, "
-            f"infer {_fmt(row['infer_images_s'])} img/s, {row['wall_s']:.0f} s"
-        )
-    print(f"suite '{args.suite}': {result['protocol']['wall_s'] / 60:.1f} min")
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
-    if args.write_readme:
-        changed = write_readme(REPO_ROOT / "README.md", result)
-        print("README.md benchmark table " + ("updated" if changed else "unchanged"))
-    if reference is None:
-        return 0
-    failures, report = check(reference, result, list(suite_configs(args.suite)))
-    print("\n".join(report))
-    for message in failures:
-        print(f"CHECK FAILED: {message}")
-    print(f"check against {args.check}: " + ("FAILED" if failures else "passed"))
-    return 1 if failures else 0
+def fmt(value) -> str:
+    """A number as the suites print it: 4 decimals, ``-`` when absent, ``nan`` when NaN."""
+    return "-" if value is None else format_number(value, ".4f", missing="nan")

@@ -20,6 +20,24 @@ Modes (one per run):
         ``--ablate`` adds the intermediate steps (auto kernels alone, + oneDNN) to attribute the
         gain; ``--compile`` adds torch.compile of the whole model with the malloc settings.
 
+    --suite synthetic [--only NAME,...] [--seeds 0,1,2] [--work-dir DIR] [--json PATH]
+            [--write-readme]
+        The main benchmark: every experiments/synthetic/*.yaml (its own recipe, the same data and
+        300-image test split) at train.seed 0, 1 and 2, each run in a fresh process, resumable
+        (finished runs in --work-dir, default runs/benchmark-synthetic, are kept while their config
+        and sources are unchanged). --json writes per-row statistics, convergence and provenance
+        (merged into an existing file with --only) and the figure next to it (.png);
+        --write-readme rewrites the README's main table. See segmentation.benchmark.main_suite.
+
+    --check-provenance PATH [--allow-missing]
+        Exit 1 naming every row of PATH whose config or source files changed since it was
+        produced, with the command that regenerates them.
+
+    --reproduce PATH [--only NAME,...] [--allow-missing]
+        Re-run seed 0 of two rows of PATH (chosen from `git rev-parse HEAD`, or --only) and exit 1
+        when its Dice differs from the committed one by more than the stated tolerance.
+        --allow-missing: both checks skip (exit 0, with a message) while PATH is absent or empty.
+
     --suite ci [--only NAME,...] [--steps N] [--json PATH] [--write-readme] [--check PATH]
         Train every experiments/ci/*.yaml (synthetic 128x128, same steps/batch/seed, 2 threads),
         evaluate best.pt once on the 300-image synthetic test split (HD95 on), record parameters,
@@ -39,6 +57,8 @@ Examples:
     python tools/benchmark.py --model swin_unet --size 224 --batch 8 --json bench.json
     python tools/benchmark.py --suite ci --json benchmarks/ci.json --write-readme
     python tools/benchmark.py --suite ci --check benchmarks/ci.json
+    python tools/benchmark.py --suite synthetic --json benchmarks/synthetic.json --write-readme
+    python tools/benchmark.py --check-provenance benchmarks/synthetic.json
 """
 
 from __future__ import annotations
@@ -46,7 +66,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 from pathlib import Path
+from typing import NoReturn
 
 from segmentation.runtime import ensure_malloc_env
 
@@ -71,8 +93,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     mode.add_argument("--model", help="registered network name, e.g. swin_unet")
     mode.add_argument(
         "--suite",
-        choices=["ci", "isic2018", "isic2017", "ph2"],
+        choices=["synthetic", "ci", "isic2018", "isic2017", "ph2"],
         help="train + test every experiments/<suite>/*.yaml (see segmentation.benchmark.suite)",
+    )
+    mode.add_argument(
+        "--check-provenance", type=Path, metavar="JSON", help="fail on stale rows of the main suite"
+    )
+    mode.add_argument(
+        "--reproduce", type=Path, metavar="JSON", help="re-run seed 0 of two main-suite rows"
     )
     parser.add_argument("--size", type=int, default=224, help="image side for --model")
     parser.add_argument("--batch", type=int, default=8, help="images per step (kernels: per case)")
@@ -102,15 +130,160 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     suite.add_argument(
         "--write-readme", action="store_true", help="rewrite README's benchmark table"
     )
+    suite.add_argument("--seeds", default="0,1,2", help="synthetic: values of train.seed")
+    suite.add_argument(
+        "--keep-checkpoints", action="store_true", help="synthetic: keep each run's checkpoints"
+    )
+    suite.add_argument(
+        "--allow-missing",
+        action="store_true",
+        help="--check-provenance/--reproduce: skip (exit 0) while the results file is absent",
+    )
     return parser.parse_args(argv)
+
+
+def user_error(message: str) -> NoReturn:
+    """The tools' error policy (:mod:`segmentation.cli.errors`): one line, exit code 2."""
+    from segmentation.cli.errors import EXIT_USER_ERROR
+
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(EXIT_USER_ERROR)
+
+
+def suite_cli(args) -> int:
+    """``--suite ci|isic2018|isic2017|ph2``: run, write ``--json``/README, ``--check``."""
+    from segmentation.benchmark.readme import write_readme
+    from segmentation.benchmark.suite import REPO_ROOT, check, fmt, run_suite, suite_configs
+
+    reference = None
+    if args.check:  # read (and fail on) the reference before an hour of training
+        reference = json.loads(Path(args.check).read_text())
+    only = args.only.split(",") if args.only else None
+    try:  # argument errors as one line, before any training
+        suite_configs(args.suite, only)
+    except KeyError as err:
+        user_error(err.args[0])
+    if args.suite != "ci" and not args.data_root:
+        user_error(f"--suite {args.suite} reads real data; pass --data-root DIR.")
+    result = run_suite(
+        args.suite,
+        only=only,
+        steps=args.steps,
+        threads=args.threads,
+        data_root=args.data_root,
+        work_dir=args.work_dir,
+    )
+    for row in result["rows"].values():
+        print(
+            f"{row['label']:<28} dice {fmt(row['dice'])} iou {fmt(row['iou'])} "
+            f"thrJ {fmt(row['thresholded_jaccard'])} hd95 {fmt(row['hd95'])} "
+            f"global {fmt(row['global_dice'])} worst {row['worst_group']} "
+            f"{fmt(row['worst_group_dice'])} | train {fmt(row['train_images_s'])} img/s, "
+            f"infer {fmt(row['infer_images_s'])} img/s, {row['wall_s']:.0f} s"
+        )
+    print(f"suite '{args.suite}': {result['protocol']['wall_s'] / 60:.1f} min")
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
+    if args.write_readme:
+        changed = write_readme(REPO_ROOT / "README.md", result)
+        print("README.md benchmark table " + ("updated" if changed else "unchanged"))
+    if reference is None:
+        return 0
+    failures, report = check(reference, result, list(suite_configs(args.suite)))
+    print("\n".join(report))
+    for message in failures:
+        print(f"CHECK FAILED: {message}")
+    print(f"check against {args.check}: " + ("FAILED" if failures else "passed"))
+    return 1 if failures else 0
+
+
+def main_suite_cli(args) -> int:
+    """``--suite synthetic``: run or resume, merge, write JSON + figure + README; the exit code."""
+    from segmentation.benchmark import main_suite
+    from segmentation.benchmark.figure import plot_main
+    from segmentation.benchmark.readme import write_readme
+    from segmentation.benchmark.suite import REPO_ROOT, fmt
+    from segmentation.config import ConfigError
+
+    only = args.only.split(",") if args.only else None
+    try:  # argument and config errors as one line, before any training
+        seeds = [int(s) for s in args.seeds.split(",")]
+        main_suite.step_overrides(args.steps)
+        main_suite.load_configs(only)
+    except (KeyError, ValueError, ConfigError) as err:
+        user_error(err.args[0])
+    result = main_suite.run_main_suite(
+        only=only, seeds=seeds, steps=args.steps, threads=args.threads, work_dir=args.work_dir,
+        keep_checkpoints=args.keep_checkpoints,
+    )  # fmt: skip
+    if args.json and only and Path(args.json).is_file():
+        result = main_suite.merge(json.loads(Path(args.json).read_text()), result)
+    for row in result["rows"].values():
+        delta = row.get("delta_vs_unet")
+        print(
+            f"{row['label']:<28} dice {fmt(row['dice_mean'])} +- {fmt(row['dice_std'])} "
+            f"({row['n_seeds']} seeds) delta vs unet "
+            + ("-" if not delta else f"{delta['mean']:+.4f} [{delta['ci95'][0]:+.4f}, "
+               f"{delta['ci95'][1]:+.4f}]")
+            + (" still improving" if row["convergence"]["still_improving"] else "")
+        )  # fmt: skip
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
+        print(f"wrote {args.json} and {plot_main(result, Path(args.json).with_suffix('.png'))}")
+    if args.write_readme:
+        changed = write_readme(REPO_ROOT / "README.md", result, main=True)
+        print("README.md main benchmark table " + ("updated" if changed else "unchanged"))
+    for message in result["failures"]:
+        print(f"FAILED: {message}")
+    return 1 if result["failures"] else 0
+
+
+def checks_cli(args) -> int:
+    """``--check-provenance`` / ``--reproduce``: skip, pass (0) or fail (1) with messages."""
+    from segmentation.benchmark import ci_checks
+
+    path = args.check_provenance or args.reproduce
+    what = "provenance check" if args.check_provenance else "seed-0 reproduction"
+    try:
+        result = ci_checks.load_results(path, args.allow_missing)
+    except (FileNotFoundError, ValueError) as err:
+        user_error(str(err))
+    if result is None:
+        print(f"SKIPPED {what}: {path} does not exist or has no rows yet (the main suite has not "
+              "been run); python tools/benchmark.py --suite synthetic --json "
+              f"{path} --write-readme produces it.")  # fmt: skip
+        return 0
+    if args.check_provenance:
+        failures, report = ci_checks.check_provenance(result)
+    else:
+        names = args.only.split(",") if args.only else None
+        if names is None:
+            candidates, notes = ci_checks.buildable(list(result["rows"]))
+            print("\n".join(notes))
+            commit = ci_checks.git_head()
+            names = ci_checks.pick_rows(commit, candidates)
+            print(f"rows picked by commit {commit[:12]}: {', '.join(names)}")
+        unknown = sorted(set(names) - set(result["rows"]))
+        if unknown:
+            user_error(f"--only {','.join(unknown)}: not rows of {path}.")
+        work = args.work_dir or Path(tempfile.mkdtemp(prefix="dermseg_reproduce_"))
+        failures, report = ci_checks.reproduce(result, names, work_dir=work)
+    print("\n".join(report))
+    for message in failures:
+        print(f"CHECK FAILED: {message}")
+    print(f"{what} of {path}: " + ("FAILED" if failures else "passed"))
+    return 1 if failures else 0
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
     args = parse_args(argv)
-    if args.suite:
-        from segmentation.benchmark.suite import cli
-
-        code = cli(args)
+    if args.suite or args.check_provenance or args.reproduce:
+        if args.check_provenance or args.reproduce:
+            code = checks_cli(args)
+        else:
+            code = (main_suite_cli if args.suite == "synthetic" else suite_cli)(args)
         if code:
             raise SystemExit(code)
         return []

@@ -1,0 +1,154 @@
+"""The CI checks of the main benchmark (``benchmarks/synthetic.json``).
+
+* ``--check-provenance``: every row's config and source hashes still match the files
+  (:func:`check_provenance`); stale rows are named with the command that regenerates them.
+* ``--reproduce``: seed 0 of two rows, chosen from the commit hash (:func:`pick_rows`), is trained
+  again and compared with the committed per-seed Dice (:func:`reproduce`).
+
+Until the results file exists with rows, CI passes ``--allow-missing`` and both checks skip with a
+message instead of failing (:func:`load_results`).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+from segmentation.benchmark.main_suite import REPRODUCE_TOLERANCE, launch, load_configs, run_spec
+from segmentation.benchmark.suite import REPO_ROOT
+
+
+def regenerate_command(names) -> str:
+    """The command that re-runs ``names`` and rewrites the results, figure and README table."""
+    return (
+        f"python tools/benchmark.py --suite synthetic --only {','.join(names)} "
+        "--json benchmarks/synthetic.json --write-readme"
+    )
+
+
+def load_results(path: str | Path, allow_missing: bool) -> dict | None:
+    """The results at ``path``; None (skip) when it is absent or has no rows and
+    ``allow_missing``.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist (without ``allow_missing``).
+        ValueError: it holds no rows (without ``allow_missing``).
+    """
+    path = Path(path)
+    if not path.is_file():
+        if allow_missing:
+            return None
+        raise FileNotFoundError(
+            f"{path} does not exist; produce it with python tools/benchmark.py --suite synthetic "
+            f"--json {path} --write-readme (or pass --allow-missing to skip)."
+        )
+    result = json.loads(path.read_text())
+    if not result.get("rows"):
+        if allow_missing:
+            return None
+        raise ValueError(f"{path} holds no rows; run the main suite first (--allow-missing skips).")
+    return result
+
+
+def check_provenance(result: dict, *, folder: Path | None = None, root: Path | None = None):
+    """``(failures, notes)``: one failure line per stale row (with its reasons), then the command
+    that regenerates them; notes on torch/device differences."""
+    from segmentation.benchmark.provenance import stale_rows
+
+    configs = {name: config for name, (_, config) in load_configs(folder=folder).items()}
+    stale, notes = stale_rows(result, configs, root)
+    failures = [f"{name}: stale - {'; '.join(reasons)}" for name, reasons in stale.items()]
+    runnable = [name for name in configs if name in stale]  # in table order
+    if runnable:
+        failures.append("regenerate with: " + regenerate_command(runnable))
+    return failures, notes
+
+
+def pick_rows(commit: str, names: list[str], k: int = 2) -> list[str]:
+    """``k`` distinct rows chosen from ``names`` by the hexadecimal ``commit`` hash.
+
+    The hash read as an integer is written in the mixed radix ``n, n - 1, ...``: each digit picks
+    one of the rows not yet picked (sorted names), so every commit picks deterministically and
+    the pairs are spread evenly over commits.
+    """
+    if not names:
+        return []
+    pool, value, picked = sorted(names), int(commit, 16), []
+    for _ in range(min(k, len(pool))):
+        value, index = divmod(value, len(pool))
+        picked.append(pool.pop(index))
+    return picked
+
+
+def buildable(names, folder: Path | None = None) -> tuple[list[str], list[str]]:
+    """``(buildable, notes)``: the rows whose network builds here, and one note per row left out
+    because an optional package is missing (e.g. ``sam3`` without the ``[sam3]`` extra); any
+    other error is raised, never hidden."""
+    from segmentation.benchmark.suite import suite_configs
+    from segmentation.training.build import build_dataset, build_model, model_spec
+
+    known = suite_configs("synthetic", None, folder)
+    configs = load_configs([n for n in names if n in known], (), folder)
+    ok, notes = [], [f"{n}: no configuration file, not re-run." for n in names if n not in known]
+    for name, (_, config) in configs.items():
+        try:
+            build_model(model_spec(config, build_dataset(config, "train")))
+        except ImportError as err:
+            notes.append(f"{name}: not re-run here ({err}); install its extra to include it.")
+            continue
+        ok.append(name)
+    return ok, notes
+
+
+def git_head() -> str:
+    """``git rev-parse HEAD`` of the repository."""
+    out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True,
+                         text=True, check=True)  # fmt: skip
+    return out.stdout.strip()
+
+
+def reproduce(
+    reference: dict, names: list[str], *, work_dir: Path, folder: Path | None = None, log=print
+) -> tuple[list, list]:
+    """Re-run seed 0 of ``names`` and compare with the committed per-seed numbers.
+
+    The re-run uses the thread count and config overrides recorded in ``reference["protocol"]``
+    (none for the committed table) and the configs of ``folder`` (default
+    ``experiments/synthetic``).
+
+    Returns:
+        ``(failures, report)``: a failure when the re-run's Dice differs from the committed seed-0
+        Dice by more than the tolerance stated in ``reference`` (``protocol.reproduce_tolerance``,
+        at most 0.02) or the row cannot be re-run; report lines say whether the per-image Dice
+        repeated bit for bit.
+    """
+    proto = reference["protocol"]
+    tolerance = proto.get("reproduce_tolerance", {}).get("dice", REPRODUCE_TOLERANCE)
+    if tolerance > REPRODUCE_TOLERANCE:
+        raise ValueError(f"reproduce_tolerance.dice = {tolerance} in the results; at most "
+                         f"{REPRODUCE_TOLERANCE} is allowed.")  # fmt: skip
+    overrides = proto.get("overrides", [])
+    configs = load_configs(names, overrides, folder)
+    failures, report = [], []
+    for name in names:
+        ref_seed = next((s for s in reference["rows"][name]["per_seed"] if s["seed"] == 0), None)
+        if ref_seed is None:
+            failures.append(f"{name}: the results hold no seed 0 to compare with.")
+            continue
+        run_dir = Path(work_dir) / name / "seed0"
+        log(f"{name} seed 0: re-running ({run_dir / 'log.txt'})")
+        spec = run_spec(name, configs[name][0], 0, overrides, run_dir, proto["threads"], False)
+        new, error = launch(spec)
+        if new is None:
+            failures.append(f"{name}: the re-run failed: {error}")
+            continue
+        delta = new["dice"] - ref_seed["dice"]
+        exact = new["per_image_dice"] == ref_seed["per_image_dice"]
+        report.append(f"{name} seed 0: dice {new['dice']:.4f} vs committed {ref_seed['dice']:.4f} "
+                      f"(difference {delta:+.4f}, tolerance {tolerance}); per-image Dice "
+                      f"{'bit-identical' if exact else 'differs'}")  # fmt: skip
+        if abs(delta) > tolerance:
+            failures.append(f"{name}: seed-0 Dice {new['dice']:.4f} vs committed "
+                            f"{ref_seed['dice']:.4f} (tolerance {tolerance}).")  # fmt: skip
+    return failures, report

@@ -1,0 +1,373 @@
+"""The main benchmark: every row with its own recipe, three seeds, statistics and provenance.
+
+``tools/benchmark.py --suite synthetic`` trains each ``experiments/synthetic/<row>.yaml`` with
+``train.seed`` 0, 1 and 2 on the same synthetic data (same generator seed, image size and splits),
+tests ``best.pt`` (selected on the validation split) once on the same 300-image test split, and
+writes one row per file into ``benchmarks/synthetic.json`` (see :func:`aggregate`).
+
+Each (row, seed) runs in a fresh process (``python -m segmentation.benchmark.main_suite SPEC``), so
+peak memory is that run's and no state leaks between runs; it writes
+``<work dir>/<row>/seed<k>/result.json`` (atomically) when it finishes. A suite started again with
+the same work folder skips every finished run whose configuration and source hashes still match
+(:mod:`segmentation.benchmark.provenance`) and re-runs the others, so a killed suite continues where
+it stopped and a changed row is never mixed with stale seeds. Runs go seed-major (every row at seed
+0, then 1, then 2), so a partial suite already has a complete one-seed table. The device follows
+each config (``train.device: auto``: CUDA when present), so a GPU machine runs the same command.
+
+Reproducibility: every config sets ``train.deterministic: true``; with the seeds in the config and
+the thread count recorded in the results (``torch.set_num_threads`` in the child), a re-run on the
+same machine repeats the per-image Dice of a run bit for bit. CI re-runs seed 0 of two rows and
+checks the provenance (:mod:`segmentation.benchmark.ci_checks`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from segmentation.benchmark.row import HARD_TAGS, SAMPLING_STEPS
+from segmentation.benchmark.suite import REPO_ROOT, protocol, suite_configs
+
+SEEDS = (0, 1, 2)
+# Rows that are the same network with the same recipe as another row, shown in the table but
+# not trained twice (a test checks the identity): Att-SwinU-Net without skip attention is Swin-Unet.
+ALIASES = {"att_swinunet_none": "swin_unet"}
+REFERENCE_ROW = "unet"
+REPRODUCE_TOLERANCE = 0.02  # Dice; the CI re-run of seed 0 must stay within it (at most 0.02)
+DEFAULT_WORK_DIR = REPO_ROOT / "runs" / "benchmark-synthetic"
+PER_SEED_METRICS = (
+    "dice", "iou", "thresholded_jaccard", "hd95", "global_dice", "worst_group_dice",
+    "group_gap", *(f"dice_{tag}" for tag in HARD_TAGS),
+)  # fmt: skip
+
+
+def load_configs(only=None, overrides=(), folder: Path | None = None) -> dict:
+    """``{row: (yaml path, Config)}`` of the main suite, checked to share data and evaluation.
+
+    Raises:
+        ConfigError: a row's data (augmentation aside) or eval section differs from the first
+            row's (in the table order of ``suite_configs``), its validation
+            is not every quarter of its steps, or it is not deterministic.
+    """
+    from segmentation.config import ConfigError, load_config
+
+    paths = suite_configs("synthetic", only, folder)
+    configs = {name: (path, load_config(path, overrides)) for name, path in paths.items()}
+    full = suite_configs("synthetic", None, folder)
+    first_path = next(iter(full.values()))
+    first = configs.get(first_path.stem, (None, None))[1] or load_config(first_path, overrides)
+    for path, config in configs.values():
+        for section in ("data", "eval"):
+            mine, theirs = (_shared(c.raw[section]) for c in (config, first))
+            if mine != theirs:
+                raise ConfigError(
+                    f"{path}: section '{section}' is {mine} but {first_path.name} has {theirs}; "
+                    "every row of the main suite trains and tests on the same data with the same "
+                    "evaluation settings (only data.augment may differ) - copy that section."
+                )
+        train = config.train
+        if train.eval_every * 4 != train.steps:
+            raise ConfigError(
+                f"{path}: train.eval_every = {train.eval_every} with train.steps = {train.steps}; "
+                "set eval_every to steps / 4 (steps a multiple of 4) so that validation runs at "
+                "25/50/75/100 % of the steps (the convergence curve)."
+            )
+        if not train.deterministic:
+            raise ConfigError(
+                f"{path}: train.deterministic is false; set it to true (CI re-runs seed 0 and "
+                "compares it with the committed numbers)."
+            )
+    return configs
+
+
+def _shared(section: dict) -> dict:
+    """The part of a data/eval section every row must share: all but ``augment`` (a recipe
+    choice, e.g. nnU-Net's augmentation preset)."""
+    return {k: v for k, v in section.items() if k != "augment"}
+
+
+def step_overrides(steps: int | None) -> list[str]:
+    """``--steps N`` (smoke tests): N steps, validation every N / 4."""
+    if steps is None:
+        return []
+    if steps < 4 or steps % 4:
+        raise ValueError(f"--steps {steps}: the main suite needs a multiple of 4 (validation at "
+                         "every quarter), e.g. --steps 4.")  # fmt: skip
+    quarter = steps // 4
+    return [f"train.steps={steps}", f"train.eval_every={quarter}",
+            f"train.checkpoint_every={quarter}"]  # fmt: skip
+
+
+def run_spec(name, path, seed, overrides, run_dir, threads, keep) -> dict:
+    return {"name": name, "config": str(path), "seed": seed, "overrides": list(overrides),
+            "run_dir": str(run_dir), "threads": threads, "keep_checkpoints": keep}  # fmt: skip
+
+
+def launch(spec: dict) -> tuple[dict | None, str]:
+    """Run one (row, seed) in a fresh Python process (output to ``run_dir/log.txt``, emptied first).
+
+    Returns:
+        ``(result, error)``: the run's ``result.json`` and ``""``, or ``None`` and a message that
+        quotes the end of the log.
+    """
+    run_dir = Path(spec["run_dir"])
+    shutil.rmtree(run_dir, ignore_errors=True)
+    run_dir.mkdir(parents=True)
+    with open(run_dir / "log.txt", "w") as out:
+        command = [sys.executable, "-m", "segmentation.benchmark.main_suite", json.dumps(spec)]
+        proc = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT, cwd=REPO_ROOT)
+    if proc.returncode == 0 and (run_dir / "result.json").is_file():
+        return json.loads((run_dir / "result.json").read_text()), ""
+    tail = (run_dir / "log.txt").read_text().splitlines()[-12:]
+    where = run_dir / "log.txt"
+    return None, f"exit {proc.returncode}; the end of {where}:\n  " + "\n  ".join(tail)
+
+
+def run_child(spec: dict) -> dict:
+    """The child process: train and test one (row, seed), write ``result.json`` atomically."""
+    import torch
+
+    from segmentation.benchmark.provenance import row_provenance
+    from segmentation.benchmark.row import run_row
+    from segmentation.config import load_config
+    from segmentation.training.build import resolve_device
+
+    torch.set_num_threads(spec["threads"])
+    config = load_config(spec["config"], [*spec["overrides"], f"train.seed={spec['seed']}"])
+    run_dir = Path(spec["run_dir"])
+    size = config.raw["data"]["image_size"]
+    row = run_row(spec["name"], config, run_dir, gmac_sizes=(size,), details=True)
+    device = resolve_device(config.train.device)
+    row.update(
+        seed=spec["seed"],
+        threads=spec["threads"],
+        steps=config.train.steps,
+        batch_size=config.train.batch_size,
+        device=device.type,
+        provenance=row_provenance(config.raw, device=device),
+    )
+    if not spec.get("keep_checkpoints"):
+        shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+    tmp = run_dir / "result.json.tmp"
+    tmp.write_text(json.dumps(row) + "\n")
+    os.replace(tmp, run_dir / "result.json")
+    return row
+
+
+def _finished(run_dir: Path, seed: int, provenance: dict) -> dict | None:
+    """The stored result of a finished run whose seed, config and sources match, else None."""
+    try:
+        result = json.loads((run_dir / "result.json").read_text())
+    except (OSError, ValueError):
+        return None
+    stored = result.get("provenance", {})
+    same = all(stored.get(k) == provenance[k] for k in ("config_sha256", "files"))
+    return result if same and result.get("seed") == seed else None
+
+
+def run_main_suite(
+    *,
+    only=None,
+    seeds=SEEDS,
+    steps: int | None = None,
+    overrides=(),
+    threads: int = 2,
+    work_dir: Path | None = None,
+    folder: Path | None = None,
+    keep_checkpoints: bool = False,
+    log=print,
+) -> dict:
+    """Run (or resume) every (row, seed); return ``{"protocol", "rows", "failures"}``.
+
+    Args:
+        only: row names to run (default every file of ``experiments/synthetic``).
+        seeds: values of ``train.seed``.
+        steps: override every row's steps (smoke tests; a multiple of 4).
+        overrides: more ``section.key=value`` overrides for every row (tests).
+        threads: torch threads of each run (recorded; part of bit-reproducibility).
+        work_dir: where runs and their ``result.json`` live (default ``runs/benchmark-synthetic``).
+        folder: the folder of row configs (default ``experiments/synthetic``; tests).
+        keep_checkpoints: keep each run's ``checkpoints/`` (default: deleted after the test).
+        log: progress printer.
+    """
+    from segmentation.benchmark.provenance import row_provenance
+
+    overrides = [*step_overrides(steps), *overrides]
+    configs = load_configs(only, overrides, folder)
+    work = Path(work_dir or DEFAULT_WORK_DIR)
+    results: dict[str, list[dict]] = {name: [] for name in configs}
+    failures: list[str] = []
+    start = time.perf_counter()
+    for seed in seeds:
+        for name, (path, config) in configs.items():
+            run_dir = work / name / f"seed{seed}"
+            done = _finished(run_dir, seed, row_provenance(config.raw))
+            if done is not None:
+                log(f"{name} seed {seed}: finished earlier ({run_dir / 'result.json'}), kept")
+                results[name].append(done)
+                continue
+            log(f"{name} seed {seed}: training ({run_dir / 'log.txt'})")
+            spec = run_spec(name, path, seed, overrides, run_dir, threads, keep_checkpoints)
+            done, error = launch(spec)
+            if done is None:
+                failures.append(f"{name} seed {seed}: {error.splitlines()[0]}")
+                log(f"{name} seed {seed} FAILED: {error}")
+                continue
+            results[name].append(done)
+            minutes = done["wall_s"] / 60
+            log(f"{name} seed {seed}: test dice {done['dice']:.4f} in {minutes:.1f} min")
+    rows = {name: aggregate(name, cfg, results[name]) for name, (_, cfg) in configs.items()
+            if results[name]}  # fmt: skip
+    proto = main_protocol({n: c for n, (_, c) in configs.items()}, threads, seeds, overrides)
+    proto["session_wall_s"] = time.perf_counter() - start
+    return finalize({"protocol": proto, "rows": rows, "failures": failures})
+
+
+def main_protocol(configs: dict, threads: int, seeds, overrides=()) -> dict:
+    """The settings every row shares, the statistics used, the config overrides of this run
+    (none for the committed table) and the environment."""
+    from segmentation.benchmark import stats
+
+    proto = protocol(configs, threads, "synthetic")
+    for key in ("steps", "batch_size", "seed", "wall_s"):  # per row in this suite
+        proto.pop(key, None)
+    proto["metric_definitions"]["selection"] = (
+        "best.pt by validation per-image Dice among the evaluations at 25/50/75/100 % of the steps"
+    )
+    proto.update(
+        seeds=list(seeds),
+        overrides=list(overrides),
+        aliases=dict(ALIASES),
+        reference_row=REFERENCE_ROW,
+        bootstrap=dict(stats.BOOTSTRAP),
+        convergence_threshold=stats.CONVERGENCE_THRESHOLD,
+        reproduce_tolerance={"dice": REPRODUCE_TOLERANCE},
+        sampling_steps=list(SAMPLING_STEPS),
+    )
+    return proto
+
+
+def _summary(per_seed: list[dict]) -> dict:
+    from segmentation.benchmark.stats import mean_std
+
+    out = {m: mean_std([s.get(m) for s in per_seed]) for m in PER_SEED_METRICS}
+    out["n_empty_pred_on_lesion"] = mean_std([s.get("n_empty_pred_on_lesion") for s in per_seed])
+    return out
+
+
+_PER_SEED_KEEP = (
+    "seed", *PER_SEED_METRICS, "hd95_excluded", "worst_group", "n_empty_pred_on_lesion",
+    "val_curve", "val_dice", "step", "train_wall_s", "wall_s", "train_images_s",
+    "infer_images_s", "peak_rss_mb", "peak_cuda_mb", "device", "threads", "per_image_dice",
+)  # fmt: skip
+
+
+def aggregate(name: str, config, results: list[dict]) -> dict:
+    """One row of ``synthetic.json`` from its per-seed results (deltas: :func:`finalize`).
+
+    SAM-family networks (``networks/sam/``) go to the ``sam_pipeline`` block: without pretrained
+    weights their frozen encoders are random, so they measure the adapter pipeline, not SAM.
+    """
+    from networks import NETWORKS
+    from segmentation.benchmark.provenance import network_module
+    from segmentation.benchmark.stats import convergence
+
+    results = sorted(results, key=lambda r: r["seed"])
+    first = results[0]
+    per_seed = [{k: r.get(k) for k in _PER_SEED_KEEP} for r in results]
+    summary = _summary(per_seed)
+    steps, batch = first["steps"], first["batch_size"]
+    train_gmac = first.get("train_gmac_per_image")
+    module = network_module(first["network"])
+    row = {
+        "name": name,
+        "label": first["label"],
+        "network": first["network"],
+        "family": NETWORKS.get(first["network"])[0].__name__,  # one figure marker per family
+        "block": "sam_pipeline" if module.startswith("networks.sam.") else "methods",
+        "model_kwargs": first["model_kwargs"],
+        "prompt": first.get("prompt"),
+        "params": first["params"],
+        "trainable_params": first["trainable_params"],
+        "gmac": first.get(f"gmac_{config.raw['data']['image_size']}"),
+        "recipe": {
+            "optim": config.raw["optim"], "sched": config.raw["sched"],
+            "grad_clip": config.train.grad_clip, "steps": steps, "batch_size": batch,
+        },
+        "train_gmac_per_image": train_gmac,
+        "train_tmac": train_gmac * steps * batch / 1e3 if train_gmac is not None else None,
+        "test_ids": first["test_ids"],
+        "per_seed": per_seed,
+        "n_seeds": len(per_seed),
+        "dice_mean": summary["dice"]["mean"],
+        "dice_std": summary["dice"]["std"],
+        "summary": summary,
+        "convergence": convergence([s["val_curve"] for s in per_seed], steps),
+        "wall_s": summary_of(per_seed, "wall_s"),
+        "train_wall_s": summary_of(per_seed, "train_wall_s"),
+        "peak_rss_mb": max((s["peak_rss_mb"] or 0) for s in per_seed),
+        "peak_cuda_mb": max((s["peak_cuda_mb"] or 0) for s in per_seed) or None,
+        "provenance": first["provenance"],
+    }  # fmt: skip
+    if "sampling" in first:
+        row["sample_steps"] = first.get("sample_steps")
+        row["sampling"] = {}
+        for k in first["sampling"]:
+            seeds = [{**r["sampling"][k], "seed": r["seed"]} for r in results]
+            summary_k = _summary(seeds)
+            row["sampling"][k] = {
+                "per_seed": [{m: s.get(m) for m in _PER_SEED_KEEP if m in s} for s in seeds],
+                "dice_mean": summary_k["dice"]["mean"],
+                "dice_std": summary_k["dice"]["std"],
+                "summary": summary_k,
+            }
+    return row
+
+
+def summary_of(per_seed: list[dict], key: str) -> float | None:
+    """Mean over seeds of a per-seed number (timings)."""
+    from segmentation.benchmark.stats import mean_std
+
+    return mean_std([s.get(key) for s in per_seed])["mean"]
+
+
+def finalize(result: dict) -> dict:
+    """Add ``delta_vs_unet`` (paired bootstrap) to every row and sampling variant, in place."""
+    from segmentation.benchmark.stats import paired_delta
+
+    rows = result["rows"]
+    ref = rows.get(REFERENCE_ROW)
+    for name, row in rows.items():
+        targets = [row, *row.get("sampling", {}).values()]
+        for target in targets:
+            if ref is None or name == REFERENCE_ROW:
+                target["delta_vs_unet"] = None
+                continue
+            target["delta_vs_unet"] = paired_delta(
+                target["per_seed"], ref["per_seed"], ids=row["test_ids"], ref_ids=ref["test_ids"]
+            )
+    return result
+
+
+def merge(old: dict, new: dict) -> dict:
+    """``new`` rows replace or join those of ``old`` (a partial re-run); deltas recomputed.
+
+    The protocol is the new run's (the configs checked it), and the runs' total time is summed
+    from the rows.
+    """
+    rows = dict(old.get("rows", {}))
+    rows.update(new["rows"])
+    order = list(suite_configs("synthetic"))
+    rank = {n: i for i, n in enumerate(order)}
+    rows = dict(sorted(rows.items(), key=lambda kv: (rank.get(kv[0], len(rank)), kv[0])))
+    merged = {"protocol": dict(new["protocol"]), "rows": rows, "failures": new.get("failures", [])}
+    return finalize(merged)
+
+
+if __name__ == "__main__":
+    run_child(json.loads(sys.argv[1]))

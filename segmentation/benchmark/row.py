@@ -1,0 +1,257 @@
+"""One benchmark row: train a configuration, test ``best.pt`` once, record quality and cost.
+
+:func:`run_row` is shared by every suite (``segmentation.benchmark.suite`` runs the one-seed suites
+in process; ``segmentation.benchmark.main_suite`` runs each seed of the main suite in a fresh
+process with ``details=True``). Cost: parameters, GMAC of one prediction (:func:`count_gmac`) and of
+one training step (:func:`count_train_gmac`), training and inference images/s, wall time, peak
+memory.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import resource
+import time
+from pathlib import Path
+
+import torch
+
+from segmentation.training.trainer import Hook
+
+HARD_TAGS = ("low_contrast", "heavy_hair", "tiny")
+# Sampling networks (a ``predict`` taking ``steps``, e.g. SegDT) are also tested at these K.
+SAMPLING_STEPS = (1, 4, 8)
+
+
+def _reference_model(spec: dict) -> torch.nn.Module:
+    """The network of ``spec``, built with the ``reference`` attention path where it has one."""
+    import networks
+
+    target, _ = networks.NETWORKS.get(spec["name"])
+    kwargs = dict(spec["kwargs"])
+    if "attention_backend" in networks.NETWORKS.accepted_kwargs(target):
+        kwargs["attention_backend"] = "reference"
+    return networks.build_network(spec["name"], **kwargs)
+
+
+def count_gmac(spec: dict, size: int) -> float | None:
+    """GMAC of one forward (or one ``predict`` call) at ``1 x C x size x size``.
+
+    ``torch.utils.flop_counter.FlopCounterMode`` counts 2 FLOPs per multiply-accumulate of matmul,
+    convolution and attention ops; GMAC = total / 2 / 1e9. Networks taking ``attention_backend``
+    are built with the ``reference`` path (plain matmuls, all counted). ``None`` when the network
+    does not run at that size.
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from segmentation.evaluation.evaluate import predict_logits
+
+    model = _reference_model(spec).eval()
+    image = torch.zeros(1, spec["kwargs"]["in_channels"], size, size)
+    counter = FlopCounterMode(display=False)
+    try:
+        with torch.no_grad(), counter:
+            predict_logits(model, image)
+    except (ValueError, RuntimeError, AssertionError):
+        return None
+    return counter.get_total_flops() / 2 / 1e9
+
+
+def count_train_gmac(spec: dict, config, batch: dict) -> float | None:
+    """GMAC of one training step (forward, loss and backward) per image of ``batch``.
+
+    Counted like :func:`count_gmac` (reference attention) on ``TrainingObjective`` in training
+    mode, so the backward pass, frozen parameters (no weight gradients) and objectives other than
+    "logits -> loss" (SegDT's velocity loss, prompted networks) count as they run. ``None`` when
+    the step does not run on CPU at this size.
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from segmentation.training.build import build_loss
+    from segmentation.training.trainer import TrainingObjective
+
+    objective = TrainingObjective(_reference_model(spec), build_loss(config))
+    counter = FlopCounterMode(display=False)
+    try:
+        with counter:
+            loss, _ = objective.train()(batch)
+            loss.backward()
+    except (ValueError, RuntimeError, AssertionError):
+        return None
+    return counter.get_total_flops() / 2 / 1e9 / batch["image"].shape[0]
+
+
+class _TimingHook(Hook):
+    """Wall and process-CPU time of the training loop up to the step before the final validation;
+    the validation per-image Dice at every evaluation (``curve``: ``[[step, dice], ...]``)."""
+
+    def __init__(self) -> None:
+        self.start = self.start_cpu = None
+        self.images, self.seconds, self.cpu_seconds = 0, math.nan, math.nan
+        self.curve: list[list[float]] = []
+
+    def on_fit_start(self, trainer) -> None:
+        self.start, self.start_cpu = time.perf_counter(), time.process_time()
+
+    def on_eval_end(self, trainer, metrics, improved) -> None:
+        self.curve.append([trainer.step, metrics.get("per_image", {}).get("dice")])
+
+    def on_step_end(self, trainer, logs) -> None:
+        # the last step also ran the validation; with one step only, it is all there is
+        if trainer.step == trainer.cfg.steps - 1 or trainer.cfg.steps == 1:
+            self.images = trainer.step * trainer.cfg.batch_size
+            self.seconds = time.perf_counter() - self.start
+            self.cpu_seconds = time.process_time() - self.start_cpu
+
+
+def _group_stats(rows: list[dict], synthetic: bool) -> dict:
+    """Worst skin-tone group Dice and gap, and Dice on the hard tags, from per-image rows."""
+    from segmentation.data.color import ITA_BINS
+    from segmentation.evaluation.groups import group_report
+
+    column = "ita_group" if synthetic else "ita_chardon6"
+    rows = [{**r, column: None} if r.get(column) == "unknown" else r for r in rows]
+    report = group_report(
+        rows, column, "dice", n_boot=1000, order=[n for _, n in ITA_BINS["chardon6"]]
+    )
+    out = {
+        "group_column": column,
+        "groups": {g: {"n": s["n"], "dice": s["mean"]} for g, s in report["groups"].items()},
+        "worst_group": report["worst_group"],
+        "worst_group_dice": report["worst_value"],
+        "group_gap": report["gap"],
+    }
+    for tag in HARD_TAGS:
+        values = [r["dice"] for r in rows if r.get(f"tag_{tag}")]
+        out[f"dice_{tag}"] = sum(values) / len(values) if values else None
+        out[f"n_{tag}"] = len(values)
+    return out
+
+
+def _inference_images_s(model, dataset, device, batch: int = 8, repeat: int = 3) -> dict:
+    from segmentation.benchmark.timing import time_callable
+    from segmentation.data import collate
+    from segmentation.evaluation.evaluate import predict_logits
+
+    image = collate([dataset[i] for i in range(min(batch, len(dataset)))])["image"].to(device)
+    model.eval()
+    with torch.inference_mode():
+        t = time_callable(
+            lambda: predict_logits(model, image), device=device, warmup=1, repeat=repeat
+        )
+    n = image.shape[0]
+    return {
+        "infer_images_s": n / t["median_ms"] * 1e3,
+        "infer_cpu_images_s": n / t["cpu_median_ms"] * 1e3,
+    }
+
+
+def _test_numbers(metrics: dict, rows: list[dict], synthetic: bool, details: bool) -> dict:
+    """The quality numbers of one test evaluation (``details``: + per-image Dice and the count of
+    empty predictions on images with a lesion)."""
+    out = {
+        **{k: metrics["per_image"][k] for k in ("dice", "iou", "thresholded_jaccard", "hd95")},
+        "hd95_excluded": metrics["boundary_excluded"],
+        "global_dice": metrics["global"]["dice"],
+        **_group_stats(rows, synthetic),
+    }
+    if details:
+        out["per_image_dice"] = [round(float(r["dice"]), 6) for r in rows]
+        out["n_empty_pred_on_lesion"] = sum(
+            1 for r in rows if r["tp"] + r["fp"] == 0 and r["tp"] + r["fn"] > 0
+        )
+    return out
+
+
+def run_row(
+    name: str, config, run_dir: Path, *, log=print, gmac_sizes=(128, 224), details: bool = False
+) -> dict:
+    """Train one configuration into ``run_dir``, evaluate ``best.pt`` once on the test split.
+
+    Args:
+        name: the row name.
+        config: its validated config.
+        run_dir: the run folder (checkpoints, ``metrics.json``).
+        log: progress printer.
+        gmac_sizes: image sides at which to count the GMAC of one prediction.
+        details: also record the per-image test Dice (``per_image_dice``, in the order of
+            ``test_ids``), the count of empty predictions on images with a lesion, the GMAC of one
+            training step per image, the test numbers at every sampling step count of
+            :data:`SAMPLING_STEPS` for networks whose ``predict`` takes ``steps`` (``sampling``),
+            and the process's peak memory (meaningful in a fresh process, as the main suite runs).
+    """
+    from networks.common import count_parameters
+    from segmentation.checkpoint import load_checkpoint, model_from_checkpoint, unwrap
+    from segmentation.data import collate
+    from segmentation.evaluation.evaluate import evaluate_model
+    from segmentation.training.build import build_dataset, resolve_device, run_training
+
+    start = time.perf_counter()
+    timing = _TimingHook()
+    val = run_training(config, run_dir, extra_hooks=[timing])
+    device = resolve_device(config.train.device)
+    ckpt = load_checkpoint(run_dir / "checkpoints" / "best.pt")
+    model = model_from_checkpoint(ckpt).to(device).eval()
+    spec = ckpt["model_spec"]
+    test_set = build_dataset(config, "test")
+    synthetic = config.raw["data"]["name"] == "synthetic"
+
+    def test(predictor=None) -> dict:
+        extra = {"predictor": predictor} if predictor is not None else {}
+        metrics, rows = evaluate_model(
+            model, test_set, device=device, eval_config=config.eval, boundary=True,
+            collate_fn=collate, **extra,
+        )  # fmt: skip
+        if not synthetic:
+            from segmentation.evaluation.fairness import add_skin_tone
+
+            rows = add_skin_tone(rows, test_set)
+        return metrics, rows
+
+    metrics, rows = test()
+    oracle = getattr(model, "prompt_source", None) == "oracle"
+    counts = count_parameters(model)
+    row = {
+        "name": name,
+        "label": f"{name} (oracle prompt)" if oracle else name,
+        "network": spec["name"],
+        "model_kwargs": {k: v for k, v in spec["kwargs"].items()},
+        "prompt": metrics.get("prompt"),
+        "params": counts["total"],
+        "trainable_params": counts["trainable"],
+        **{f"gmac_{s}": count_gmac(spec, s) for s in gmac_sizes},
+        "measured_call": "predict" if hasattr(model, "predict") else "forward",
+        "n_test": metrics["n_images"],
+        "val_dice": val.get("per_image", {}).get("dice"),
+        "val_curve": timing.curve,
+        "step": ckpt.get("step"),
+        **_test_numbers(metrics, rows, synthetic, details),
+        "train_images_s": timing.images / timing.seconds if timing.images else None,
+        "train_cpu_images_s": timing.images / timing.cpu_seconds if timing.images else None,
+        "train_wall_s": timing.seconds,
+        **_inference_images_s(model, test_set, device),
+    }
+    if details:
+        row["test_ids"] = [r["id"] for r in rows]
+        sample = collate([test_set[i] for i in range(min(2, len(test_set)))])
+        row["train_gmac_per_image"] = count_train_gmac(spec, config, sample)
+        steps_arg = inspect.signature(getattr(model, "predict", lambda: None)).parameters
+        if "steps" in steps_arg:
+            row["sample_steps"] = getattr(model, "sample_steps", None)  # K of the main numbers
+            row["sampling"] = {}
+            for k in SAMPLING_STEPS:
+
+                def predict_k(m, image, k=k):
+                    return unwrap(m).predict(image, steps=k)
+
+                row["sampling"][str(k)] = _test_numbers(*test(predict_k), synthetic, True)
+        row["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        cuda = device.type == "cuda"
+        row["peak_cuda_mb"] = torch.cuda.max_memory_allocated(device) / 2**20 if cuda else None
+    row["wall_s"] = time.perf_counter() - start
+    log(
+        f"{name}: dice {row['dice']:.4f}, hd95 {row['hd95']:.2f} px, worst group "
+        f"{row['worst_group']} {row['worst_group_dice']:.4f}; {row['wall_s']:.0f} s"
+    )
+    return row

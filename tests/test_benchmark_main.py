@@ -1,0 +1,410 @@
+"""The main (three-seed) benchmark suite: statistics, provenance, resumability, CI checks, README.
+
+The multi-hour suite never runs here. Runs are either doctored (``run_row`` replaced inside the real
+child code path, in process) or real but tiny (``unet_tiny`` at 32 px, 4 steps) for the
+bit-reproducibility of the CI re-run.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from segmentation.benchmark import ci_checks, main_suite, provenance, stats
+from segmentation.benchmark import row as benchmark_row
+from segmentation.benchmark.readme import MAIN_END, MAIN_START, render_main_markdown, write_readme
+from segmentation.config import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = """model:
+  name: {net}
+data:
+  name: synthetic
+  seed: 0
+  image_size: 32
+  n_train: 16
+  n_val: 4
+  n_test: 6
+  augment: default
+optim:
+  name: adamw
+  lr: {lr}
+sched:
+  name: warmup_cosine
+  warmup_steps: 1
+train:
+  steps: 4
+  batch_size: 4
+  eval_every: 1
+  checkpoint_every: 1
+  image_panel_every: 0
+  device: auto
+  deterministic: true
+eval:
+  batch_size: 8
+  boundary: false
+"""
+
+
+def _tiny_folder(tmp_path: Path, rows=(("unet", "unet_tiny"), ("swin_unet", "swin_unet_tiny"))):
+    folder = tmp_path / "cfg"
+    folder.mkdir()
+    for name, net in rows:
+        (folder / f"{name}.yaml").write_text(TINY.format(net=net, lr="1.0e-3"))
+    return folder
+
+
+# ------------------------------------------------------------------------------------- statistics
+def test_paired_delta_on_a_hand_made_case():
+    ref = [{"per_image_dice": [0.2, 0.9, 0.5, 0.7]}, {"per_image_dice": [0.4, 0.7, 0.5, 0.9]}]
+    # seed means: reference [0.3, 0.8, 0.5, 0.8], row [0.35, 0.85, 0.55, 0.85]: +0.05 on every
+    # image, although the images themselves vary a lot (an unpaired interval would include 0)
+    row = [{"per_image_dice": [0.3, 0.9, 0.6, 0.8]}, {"per_image_dice": [0.4, 0.8, 0.5, 0.9]}]
+    delta = stats.paired_delta(row, ref, n_boot=2000)
+    assert delta["mean"] == pytest.approx(0.05)
+    assert delta["ci95"] == pytest.approx([0.05, 0.05]) and delta["significant"]
+    assert delta["n_images"] == 4
+    # pairing follows the ids, not the list order
+    ids, ref_ids = ["a", "b", "c", "d"], ["d", "c", "b", "a"]
+    flipped = [{"per_image_dice": s["per_image_dice"][::-1]} for s in ref]
+    again = stats.paired_delta(row, flipped, ids=ids, ref_ids=ref_ids, n_boot=2000)
+    assert again["mean"] == pytest.approx(0.05) and again["ci95"] == pytest.approx([0.05, 0.05])
+    # differences of +-0.1 that cancel: mean 0, interval across 0, not significant
+    even = [{"per_image_dice": [0.4, 0.7, 0.6, 0.7]}, {"per_image_dice": [0.4, 0.7, 0.6, 0.7]}]
+    zero = stats.paired_delta(even, ref, n_boot=2000)
+    assert zero["mean"] == pytest.approx(0.0) and not zero["significant"]
+    assert zero["ci95"][0] < 0 < zero["ci95"][1]
+
+
+def test_paired_delta_matches_a_direct_bootstrap_and_rejects_other_images():
+    rng = np.random.default_rng(1)
+    ref = [{"per_image_dice": list(rng.uniform(0.3, 1.0, 50))} for _ in range(3)]
+    noise = rng.normal(0.02, 0.05, (3, 50))
+    row = [{"per_image_dice": list(np.clip(np.array(s["per_image_dice"]) + e, 0, 1))}
+           for s, e in zip(ref, noise, strict=True)]  # fmt: skip
+    delta = stats.paired_delta(row, ref, n_boot=500, seed=3)
+    diff = np.mean([s["per_image_dice"] for s in row], 0) - np.mean(
+        [s["per_image_dice"] for s in ref], 0
+    )
+    resampled = [diff[np.random.default_rng(3).integers(0, 50, (500, 50))].mean(1)]
+    assert delta["ci95"] == pytest.approx(list(np.percentile(resampled[0], [2.5, 97.5])))
+    with pytest.raises(ValueError, match="different images"):
+        stats.paired_delta(row[:1], ref[:1], ids=list("a" * 50), ref_ids=list("b" * 50))
+
+
+def test_mean_std_and_the_still_improving_flag():
+    summary = stats.mean_std([0.7, 0.8, 0.9, None])
+    assert summary["mean"] == pytest.approx(0.8) and summary["std"] == pytest.approx(0.1)
+    assert summary["n"] == 3 and stats.mean_std([None])["mean"] is None
+    rising = [[[300, 0.6], [600, 0.7], [900, 0.75], [1200, 0.77]]] * 3
+    flat = [[[300, 0.6], [600, 0.7], [900, 0.75], [1200, 0.755]]] * 3
+    conv = stats.convergence(rising, 1200)
+    assert conv["fractions"] == [0.25, 0.5, 0.75, 1.0]
+    assert conv["rise_last_quarter"] == pytest.approx(0.02) and conv["still_improving"]
+    assert not stats.convergence(flat, 1200)["still_improving"]
+
+
+# ------------------------------------------------------------------------------------- provenance
+def test_import_closure_follows_network_imports_only():
+    files = provenance.import_closure("networks.att_swinunet")
+    for path in (
+        "networks/att_swinunet.py",
+        "networks/swin_unet.py",
+        "networks/blocks/swin.py",
+        "networks/kernels/window_attention.py",
+        "networks/kernels/global_attention.py",
+    ):
+        assert path in files, path  # fmt: skip
+    assert "networks/__init__.py" not in files and "networks/unet.py" not in files
+    segdt = provenance.import_closure(provenance.network_module("segdt"))
+    assert "networks/segdt/dit.py" in segdt and "networks/segdt/__init__.py" in segdt
+
+
+def _copy_sources(root: Path) -> None:
+    """The files provenance hashes, copied under ``root``."""
+    shutil.copytree(ROOT / "networks", root / "networks", ignore=shutil.ignore_patterns("__py*"))
+    for path in (*provenance.SHARED_SOURCES, "segmentation/planning.py"):
+        (root / path).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(ROOT / path, root / path)
+
+
+def _fake_run_row(name, config, run_dir, *, log=print, gmac_sizes=(128,), details=False):
+    """``run_row`` without training: plausible numbers that depend on the seed and the row."""
+    seed, n = config.train.seed, config.raw["data"]["n_test"]
+    base = 0.6 + 0.02 * seed + (0.1 if name == "unet" else 0.0)
+    per_image = [round(base + 0.01 * (i % 3), 6) for i in range(n)]
+    steps = config.train.steps
+    metrics = {m: base for m in main_suite.PER_SEED_METRICS}
+    return {
+        "name": name, "label": name, "network": config.raw["model"]["name"], "model_kwargs": {},
+        "prompt": None, "params": 1000, "trainable_params": 1000, "gmac_32": 0.01,
+        "test_ids": [f"syn_{i}" for i in range(n)], "per_image_dice": per_image, **metrics,
+        "dice": float(np.mean(per_image)), "hd95_excluded": 0, "worst_group": "dark",
+        "n_empty_pred_on_lesion": 0, "val_curve": [[steps * q // 4, base] for q in (1, 2, 3, 4)],
+        "val_dice": base, "step": steps, "train_wall_s": 1.0, "wall_s": 2.0,
+        "train_images_s": 10.0, "infer_images_s": 50.0, "peak_rss_mb": 500.0,
+        "peak_cuda_mb": None, "train_gmac_per_image": 0.03,
+    }  # fmt: skip
+
+
+@pytest.fixture
+def doctored(monkeypatch):
+    """Runs go through the real child code (provenance, result.json) in process, with a fake
+    ``run_row``; returns the list of launched specs."""
+    launched = []
+
+    def fake_launch(spec):
+        launched.append(spec)
+        Path(spec["run_dir"]).mkdir(parents=True, exist_ok=True)
+        threads = torch.get_num_threads()
+        try:
+            return main_suite.run_child(spec), ""
+        finally:  # the child sets its thread count; this process keeps its own
+            torch.set_num_threads(threads)
+
+    monkeypatch.setattr(benchmark_row, "run_row", _fake_run_row)
+    monkeypatch.setattr(main_suite, "launch", fake_launch)
+    monkeypatch.setattr(ci_checks, "launch", fake_launch)
+    return launched
+
+
+def test_check_provenance_fails_after_a_one_line_change_and_passes_after_regeneration(
+    tmp_path, monkeypatch, doctored
+):
+    root = tmp_path / "repo"
+    _copy_sources(root)
+    monkeypatch.setattr(provenance, "REPO_ROOT", root)  # hash the copy, never the checkout
+    folder = _tiny_folder(tmp_path)
+    run = dict(seeds=(0, 1), folder=folder, work_dir=tmp_path / "work", log=lambda *_: None)
+    result = main_suite.run_main_suite(**run)
+    assert ci_checks.check_provenance(result, folder=folder) == ([], [])
+    with open(root / "networks/unet.py", "a") as f:
+        f.write("# a one-line change\n")
+    failures, _ = ci_checks.check_provenance(result, folder=folder)
+    assert failures == [
+        "unet: stale - networks/unet.py changed",
+        "regenerate with: python tools/benchmark.py --suite synthetic --only unet --json "
+        "benchmarks/synthetic.json --write-readme",
+    ]  # swin_unet does not import unet.py
+    doctored.clear()
+    regenerated = main_suite.run_main_suite(only=["unet"], **run)
+    assert [(s["name"], s["seed"]) for s in doctored] == [("unet", 0), ("unet", 1)]
+    merged = main_suite.merge(result, regenerated)
+    assert ci_checks.check_provenance(merged, folder=folder) == ([], [])
+    # a changed config is stale too, and so is a row without a configuration file
+    (folder / "swin_unet.yaml").write_text(TINY.format(net="swin_unet_tiny", lr="2.0e-3"))
+    (folder / "extra.yaml").write_text(TINY.format(net="unet_tiny", lr="1.0e-3"))
+    failures, _ = ci_checks.check_provenance(merged, folder=folder)
+    assert failures[:2] == [
+        "extra: stale - missing from the results (a configuration file exists)",
+        "swin_unet: stale - its resolved configuration changed",
+    ]
+
+
+def test_main_suite_resumes_finished_runs_and_reruns_stale_ones(tmp_path, doctored):
+    folder = _tiny_folder(tmp_path)
+    run = dict(seeds=(0, 1), folder=folder, work_dir=tmp_path / "work", log=lambda *_: None)
+    first = main_suite.run_main_suite(**run)
+    # seed-major order: every row at seed 0 first
+    assert [(s["name"], s["seed"]) for s in doctored] == [
+        ("unet", 0), ("swin_unet", 0), ("unet", 1), ("swin_unet", 1)
+    ]  # fmt: skip
+    doctored.clear()
+    again = main_suite.run_main_suite(**run)  # a killed-and-restarted suite with nothing left
+    assert doctored == [] and again["rows"] == first["rows"]
+    (tmp_path / "work/swin_unet/seed1/result.json").unlink()  # killed during this run
+    main_suite.run_main_suite(**run)
+    assert [(s["name"], s["seed"]) for s in doctored] == [("swin_unet", 1)]
+    doctored.clear()
+    main_suite.run_main_suite(**run, overrides=["optim.lr=5.0e-4"])  # another recipe: all stale
+    assert len(doctored) == 4
+    row = first["rows"]["swin_unet"]
+    assert row["n_seeds"] == 2 and [s["seed"] for s in row["per_seed"]] == [0, 1]
+    assert row["dice_mean"] == pytest.approx(np.mean([s["dice"] for s in row["per_seed"]]))
+    assert (
+        row["delta_vs_unet"]["mean"] == pytest.approx(-0.1) and row["delta_vs_unet"]["significant"]
+    )
+    assert first["rows"]["unet"]["delta_vs_unet"] is None
+    assert row["convergence"]["still_improving"] is False and row["provenance"]["config_sha256"]
+    assert row["train_tmac"] == pytest.approx(0.03 * 4 * 4 / 1e3)
+
+
+def test_reproduce_real_runs_are_bit_identical(tmp_path):
+    """Seed 0 of a real (tiny) run, re-run in another fresh process by the CI check: identical."""
+    folder = _tiny_folder(tmp_path, rows=(("unet", "unet_tiny"),))
+    result = main_suite.run_main_suite(
+        seeds=(0,), folder=folder, work_dir=tmp_path / "work", threads=1, log=lambda *_: None
+    )
+    assert (
+        result["failures"] == []
+        and len(result["rows"]["unet"]["per_seed"][0]["per_image_dice"]) == 6
+    )
+    failures, report = ci_checks.reproduce(
+        result, ["unet"], work_dir=tmp_path / "again", folder=folder, log=lambda *_: None
+    )
+    assert failures == [] and "bit-identical" in report[0]
+
+
+def test_reproduce_fails_beyond_the_stated_tolerance(tmp_path, doctored):
+    folder = _tiny_folder(tmp_path, rows=(("unet", "unet_tiny"),))
+    run = dict(folder=folder, log=lambda *_: None)
+    result = main_suite.run_main_suite(seeds=(0,), work_dir=tmp_path / "work", **run)
+    assert ci_checks.reproduce(result, ["unet"], work_dir=tmp_path / "a", **run)[0] == []
+    changed = copy.deepcopy(result)
+    changed["rows"]["unet"]["per_seed"][0]["dice"] += 0.05  # the committed number moved
+    failures, report = ci_checks.reproduce(changed, ["unet"], work_dir=tmp_path / "b", **run)
+    assert len(failures) == 1 and "tolerance 0.02" in failures[0]
+    assert "(difference -0.0500, tolerance 0.02)" in report[0]
+    changed["protocol"]["reproduce_tolerance"]["dice"] = 0.05
+    with pytest.raises(ValueError, match="at most 0.02"):
+        ci_checks.reproduce(changed, ["unet"], work_dir=tmp_path / "c", **run)
+
+
+def test_pick_rows_is_deterministic_distinct_and_covers_every_row():
+    names = [f"row{i}" for i in range(7)]
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    assert ci_checks.pick_rows(commit, names) == ci_checks.pick_rows(commit, names[::-1])
+    picked = {tuple(ci_checks.pick_rows(f"{i:040x}", names)) for i in range(200)}
+    assert all(len(set(p)) == 2 for p in picked)
+    assert {n for p in picked for n in p} == set(names) and len(picked) > 20
+    assert (
+        ci_checks.pick_rows(commit, ["only"]) == ["only"] and ci_checks.pick_rows(commit, []) == []
+    )
+
+
+# ------------------------------------------------------------------------------------ CLI and CI
+def _tool():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("benchmark_tool", ROOT / "tools/benchmark.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_ci_checks_skip_while_the_results_are_missing_and_fail_on_stale_rows(tmp_path, capsys):
+    tool = _tool()
+    missing = tmp_path / "synthetic.json"
+    for flag in ("--check-provenance", "--reproduce"):
+        assert tool.main([flag, str(missing), "--allow-missing"]) == []
+        assert "SKIPPED" in capsys.readouterr().out
+        with pytest.raises(SystemExit) as exit_info:  # a typo in the path is an error, exit 2
+            tool.main([flag, str(missing)])
+        assert exit_info.value.code == 2 and "does not exist" in capsys.readouterr().err
+    missing.write_text(json.dumps({"protocol": {}, "rows": {}}))
+    assert tool.main(["--reproduce", str(missing), "--allow-missing"]) == []
+    assert "has no rows yet" in capsys.readouterr().out
+    stale = {"protocol": {}, "rows": {"unet": {"provenance": {"config_sha256": "0", "files": {}}}}}
+    missing.write_text(json.dumps(stale))
+    with pytest.raises(SystemExit) as exit_info:
+        tool.main(["--check-provenance", str(missing)])
+    out = capsys.readouterr().out
+    assert exit_info.value.code == 1 and "CHECK FAILED: unet: stale" in out
+    assert "--suite synthetic --only unet," in out  # every row of experiments/synthetic is stale
+
+
+def test_ci_run_keeps_the_readme_commands_and_adds_both_checks():
+    text = (ROOT / ".ci/run").read_text()
+    assert "python tools/benchmark.py --suite ci --check benchmarks/ci.json" in text
+    assert "--check-provenance benchmarks/synthetic.json --allow-missing" in text
+    assert "--reproduce benchmarks/synthetic.json --allow-missing" in text
+
+
+# ------------------------------------------------------------------------- configs, README, figure
+def test_every_main_suite_config_loads_builds_and_shares_data_and_recipes():
+    from segmentation.training.build import build_dataset, build_model, model_spec
+
+    configs = {name: config for name, (_, config) in main_suite.load_configs().items()}
+    assert {"unet", "smp_unet", "nnunet2d", "swin_unet", "att_swinunet_cross", "mcanet", "iscf",
+            "iscf_off", "transdae", "segdt", "sam_adapter", "medsam_ca", "sam2_adapter",
+            "att_swinunet_spatial", "att_swinunet_cross_spatial"} <= set(configs)  # fmt: skip
+    for name, config in configs.items():
+        assert config.raw["data"]["image_size"] == 128 and config.raw["data"]["n_test"] == 300
+        assert config.train.device == "auto" and config.train.steps % 4 == 0, name
+        model = build_model(model_spec(config, build_dataset(config, "train")))
+        assert sum(p.numel() for p in model.parameters()) > 0, name
+    swin = configs["swin_unet"].raw
+    for mode in ("cross", "spatial", "cross_spatial"):  # the ablation shares swin_unet's recipe
+        raw = configs[f"att_swinunet_{mode}"].raw
+        assert raw["model"]["skip_attention"] == mode
+        assert {k: raw[k] for k in ("optim", "sched", "train", "loss")} == {
+            k: swin[k] for k in ("optim", "sched", "train", "loss")
+        }
+    iscf, off = configs["iscf"].raw, configs["iscf_off"].raw
+    assert {**iscf["model"], "iscf": False} == off["model"]
+    assert {k: v for k, v in iscf.items() if k != "model"} == {
+        k: v for k, v in off.items() if k != "model"
+    }
+
+
+def test_att_swinunet_none_is_swin_unet_so_the_alias_row_is_honest():
+    """The table shows att_swinunet_none as swin_unet without training it: same init, output."""
+    configs = main_suite.load_configs(["swin_unet", "att_swinunet_cross"])
+    swin = configs["swin_unet"][1].section("model")
+    att = configs["att_swinunet_cross"][1].section("model")
+    att["skip_attention"] = "none"
+    import networks
+
+    built = []
+    for spec in (swin, att):
+        torch.manual_seed(0)
+        built.append(networks.build_network(spec.pop("name"), in_channels=3, num_classes=1, **spec))
+    a, b = (m.eval() for m in built)
+    assert list(a.state_dict()) == list(b.state_dict())
+    x = torch.randn(1, 3, 128, 128)
+    with torch.no_grad():
+        assert torch.equal(a(x), b(x))
+    assert main_suite.ALIASES == {"att_swinunet_none": "swin_unet"}
+
+
+def test_main_suite_config_errors_name_the_file(tmp_path):
+    folder = _tiny_folder(tmp_path)
+    (folder / "swin_unet.yaml").write_text(TINY.format(net="swin_unet_tiny", lr="1.0e-3")
+                                           .replace("n_val: 4", "n_val: 5"))  # fmt: skip
+    with pytest.raises(ConfigError, match=r"swin_unet.yaml: section 'data'"):
+        main_suite.load_configs(folder=folder)
+    (folder / "swin_unet.yaml").write_text(TINY.format(net="swin_unet_tiny", lr="1.0e-3")
+                                           .replace("eval_every: 1", "eval_every: 2"))  # fmt: skip
+    with pytest.raises(ConfigError, match="set eval_every to steps / 4"):
+        main_suite.load_configs(folder=folder)
+    with pytest.raises(ValueError, match="multiple of 4"):
+        main_suite.step_overrides(6)
+
+
+def _fake_main_result(tmp_path, doctored_runs) -> dict:
+    folder = _tiny_folder(tmp_path, rows=(("unet", "unet_tiny"), ("swin_unet", "swin_unet_tiny"),
+                                          ("sam_adapter", "sam_adapter_tiny")))  # fmt: skip
+    return main_suite.run_main_suite(
+        seeds=(0, 1, 2), folder=folder, work_dir=tmp_path / "work", log=lambda *_: None
+    )
+
+
+def test_readme_main_table_blocks_significance_and_idempotence(tmp_path, doctored):
+    result = _fake_main_result(tmp_path, doctored)
+    text = render_main_markdown(result)
+    assert "| `unet` | 0.7300 +- 0.0200 | reference |" in text
+    assert "| `swin_unet` | 0.6300 +- 0.0200 | **-0.1000 [-0.1000, -0.1000]** |" in text
+    assert "| `att_swinunet_none` | = `swin_unet`: the same network and recipe" in text
+    assert "worse than `unet`: `swin_unet` (-0.100)" in text
+    methods, sam = text.split("SAM-family pipeline checks - not SAM results.")
+    assert "`sam_adapter`" in sam and "`sam_adapter`" not in methods.split("Notes:")[0]
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# t\n{MAIN_START}\nOLD TABLE\n{MAIN_END}\n## next\n")
+    assert write_readme(readme, result, main=True) and not write_readme(readme, result, main=True)
+    assert (
+        readme.read_text().endswith(f"{MAIN_END}\n## next\n")
+        and "OLD TABLE" not in readme.read_text()
+    )
+
+
+def test_figure_is_written(tmp_path, doctored):
+    from segmentation.benchmark.figure import plot_main
+
+    path = plot_main(_fake_main_result(tmp_path, doctored), tmp_path / "fig.png")
+    assert path.read_bytes()[:4] == b"\x89PNG"
