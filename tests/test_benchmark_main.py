@@ -408,3 +408,24 @@ def test_figure_is_written(tmp_path, doctored):
 
     path = plot_main(_fake_main_result(tmp_path, doctored), tmp_path / "fig.png")
     assert path.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_cli_runs_merges_and_writes_json_figure_and_readme(tmp_path, monkeypatch, doctored, capsys):
+    from segmentation.cli import benchmark as benchmark_cli
+
+    tool = _tool()
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# t\n{MAIN_START}\nplaceholder\n{MAIN_END}\n")
+    monkeypatch.setattr(benchmark_cli, "README", readme)  # never the checkout's README
+    out = tmp_path / "bench" / "synthetic.json"
+    args = ["--suite", "synthetic", "--seeds", "0,1", "--work-dir", str(tmp_path / "work"),
+            "--json", str(out), "--write-readme"]  # fmt: skip
+    assert tool.main([*args, "--only", "unet,swin_unet"]) == []
+    assert list(json.loads(out.read_text())["rows"]) == ["unet", "swin_unet"]
+    assert out.with_suffix(".png").is_file() and "`swin_unet`" in readme.read_text()
+    assert tool.main([*args, "--only", "mcanet"]) == []  # a partial run joins the file
+    merged = json.loads(out.read_text())
+    assert list(merged["rows"]) == ["unet", "swin_unet", "mcanet"]
+    assert merged["rows"]["mcanet"]["delta_vs_unet"]["n_images"] == 300
+    assert "`mcanet`" in readme.read_text() and "placeholder" not in readme.read_text()
+    assert "mcanet" in capsys.readouterr().out

@@ -128,7 +128,8 @@ def _main_line(name: str, row: dict, variant: dict | None = None, label: str | N
     flag = "still improving" if conv["still_improving"] else "yes"
     if conv["rise_last_quarter"] is None:
         flag = "-"
-    seeds = "" if row["n_seeds"] == 3 else f" ({row['n_seeds']} seeds)"
+    n = row["n_seeds"]
+    seeds = "" if n == 3 else f" ({n} seed{'' if n == 1 else 's'})"
     cells = [
         f"`{label or row['label']}`{seeds}",
         _pm(s["dice"], ".4f"),
@@ -245,8 +246,8 @@ def render_main_markdown(result: dict) -> str:
             "",
             "**SAM-family pipeline checks - not SAM results.** No pretrained SAM weights are "
             "available here, so the frozen image encoders below are random: these rows test the "
-            "adapter, prompt and decoder pipeline and must not be read as the performance of SAM, "
-            "SAM 2 or MedSAM, nor compared with the methods above.",
+            "adapter, prompt and decoder pipeline and must not be read as the performance of the "
+            "SAM-family models (SAM, SAM 2, SAM 3, MedSAM), nor compared with the methods above.",
             "",
             *_main_table(sam, {}),
         ]

@@ -72,6 +72,7 @@ from typing import NoReturn
 
 from segmentation.runtime import ensure_malloc_env
 
+README = Path(__file__).resolve().parents[2] / "README.md"  # --write-readme rewrites its tables
 KERNEL_COLUMNS = [
     "case", "shape", "backend", "first_call_s", "fwd_ms", "fwd_cpu_ms", "fwd_bwd_ms",
     "fwd_bwd_cpu_ms", "saved_mb", "peak_mb", "note",
@@ -153,7 +154,7 @@ def user_error(message: str) -> NoReturn:
 def suite_cli(args) -> int:
     """``--suite ci|isic2018|isic2017|ph2``: run, write ``--json``/README, ``--check``."""
     from segmentation.benchmark.readme import write_readme
-    from segmentation.benchmark.suite import REPO_ROOT, check, fmt, run_suite, suite_configs
+    from segmentation.benchmark.suite import check, fmt, run_suite, suite_configs
 
     reference = None
     if args.check:  # read (and fail on) the reference before an hour of training
@@ -186,7 +187,7 @@ def suite_cli(args) -> int:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
     if args.write_readme:
-        changed = write_readme(REPO_ROOT / "README.md", result)
+        changed = write_readme(README, result)
         print("README.md benchmark table " + ("updated" if changed else "unchanged"))
     if reference is None:
         return 0
@@ -203,7 +204,7 @@ def main_suite_cli(args) -> int:
     from segmentation.benchmark import main_suite
     from segmentation.benchmark.figure import plot_main
     from segmentation.benchmark.readme import write_readme
-    from segmentation.benchmark.suite import REPO_ROOT, fmt
+    from segmentation.benchmark.suite import fmt
     from segmentation.config import ConfigError
 
     only = args.only.split(",") if args.only else None
@@ -233,7 +234,7 @@ def main_suite_cli(args) -> int:
         Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
         print(f"wrote {args.json} and {plot_main(result, Path(args.json).with_suffix('.png'))}")
     if args.write_readme:
-        changed = write_readme(REPO_ROOT / "README.md", result, main=True)
+        changed = write_readme(README, result, main=True)
         print("README.md main benchmark table " + ("updated" if changed else "unchanged"))
     for message in result["failures"]:
         print(f"FAILED: {message}")
