@@ -83,6 +83,14 @@ def build_parser() -> argparse.ArgumentParser:
         "e.g. 1,2,4,8 (metrics.json 'sampling_steps', a table in metrics.md)",
     )
     parser.add_argument(
+        "--uncertainty-samples",
+        type=int,
+        default=8,
+        metavar="N",
+        help="sampling networks (SegDT): AUROC of the per-pixel variance of N samples for wrong\n"
+        "pixels (metrics.json 'uncertainty', a table in metrics.md); default 8, 0 skips it",
+    )
+    parser.add_argument(
         "--robustness-images", type=int, metavar="N", help="robustness on the first N images only"
     )
     return parser
@@ -128,6 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         robustness=args.robustness,
         robustness_images=args.robustness_images,
         sampling_steps=_numbers(args.sampling_steps, "--sampling-steps", int),
+        uncertainty_samples=args.uncertainty_samples,
         command=shlex.join(["python", "tools/evaluate.py", *(argv or sys.argv[1:])]),
     )
     print(write_evaluation(result, args.out, report=args.report))

@@ -175,6 +175,7 @@ def evaluate_checkpoint(
     robustness: str | Sequence[str] | None = None,
     robustness_images: int | None = None,
     sampling_steps: Sequence[int] = (),
+    uncertainty_samples: int = 8,
     predictor=None,
     device: str | torch.device | None = None,
     command: str | None = None,
@@ -197,6 +198,9 @@ def evaluate_checkpoint(
         robustness: ``corruptions`` and/or ``adversarial`` (string or list), on the first
             ``robustness_images`` images when given.
         sampling_steps: for sampling networks (SegDT), Dice and ms/image per number of steps.
+        uncertainty_samples: for networks with ``predict_with_uncertainty`` (SegDT), the samples
+            per image of the uncertainty report (AUROC of the per-pixel variance for wrong
+            pixels, :mod:`segmentation.evaluation.uncertainty`); 0 skips it.
         predictor: ``(model, image [B, C, H, W]) -> logits [B, K, H, W]`` (TTA, sliding window);
             default: ``forward`` or ``predict``.
         device: ``None`` follows the checkpoint's ``train.device``.
@@ -207,7 +211,8 @@ def evaluate_checkpoint(
         ``metrics.json`` payload (``checkpoint``, ``step``, ``split``, ``network``, ``data``, the
         metric dict of :meth:`SegmentationMetrics.compute`, ``n_skipped`` and ``skipped_files``
         under ``data.on_error: skip``, and ``groups`` = ``{column: group_report}``,
-        ``postprocessed``, ``robustness``, ``sampling_steps`` when asked); ``rows`` has one dict
+        ``postprocessed``, ``robustness``, ``sampling_steps``, ``uncertainty`` when asked or
+        applicable); ``rows`` has one dict
         per scored image; the rest are the objects used (the network in eval mode on ``device``).
 
     Raises:
@@ -229,6 +234,11 @@ def evaluate_checkpoint(
         raise ConfigError(f"split '{split}' unknown; choose train, val or test.")
     if len(contrast_bins) != 2:
         raise ConfigError(f"contrast_bins takes two Delta E edges, got {list(contrast_bins)}.")
+    if uncertainty_samples == 1 or uncertainty_samples < 0:
+        raise ConfigError(
+            f"uncertainty_samples is {uncertainty_samples}; a variance needs at least 2 samples "
+            "(0 skips the uncertainty report)."
+        )
     config = evaluation_config(ckpt, data=data, overrides=overrides, source=path or "checkpoint")
     name = config.raw["data"]["name"]
     dataset = _build_split(config, split)
@@ -263,6 +273,12 @@ def evaluate_checkpoint(
 
         payload["sampling_steps"] = sampling_sweep(
             model, dataset, [int(k) for k in sampling_steps], boundary=False, **common
+        )
+    if uncertainty_samples and hasattr(model, "predict_with_uncertainty"):
+        from segmentation.evaluation.uncertainty import evaluate_uncertainty
+
+        payload["uncertainty"] = evaluate_uncertainty(
+            model, dataset, n_samples=uncertainty_samples, **common
         )
     if groups:
         payload["groups"] = fairness_reports(rows, groups, n_boot=n_boot)

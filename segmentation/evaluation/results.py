@@ -69,6 +69,14 @@ def evaluation_markdown(metrics: dict) -> str:
         ]
         table = format_table(("K", "Dice", "IoU", "global Dice", "ms/image"), rows)
         parts.append(f"## Sampling steps\n\n{table}")
+    if "uncertainty" in metrics:
+        u = metrics["uncertainty"]
+        parts.append(
+            f"## Uncertainty ({u['n_samples']} samples)\n\nAUROC of the per-pixel variance for "
+            f"wrong pixels: {format_number(u['auroc_wrong_pixels'])} ({u['n_wrong']} of "
+            f"{u['n_pixels']} pixels wrong; Dice of the {u['n_samples']}-sample mean "
+            f"{format_number(u['dice_of_mean'])})."
+        )
     for column, report in (metrics.get("groups") or {}).items():
         title = GROUP_TITLES.get(column, column)
         parts.append(f"## Dice by {title}\n\n{markdown_table(report)}")
