@@ -207,7 +207,7 @@ def test_check_provenance_fails_after_a_one_line_change_and_passes_after_regener
     ]
 
 
-def test_main_suite_resumes_finished_runs_and_reruns_stale_ones(tmp_path, doctored):
+def test_main_suite_resumes_finished_runs_and_reruns_stale_ones(tmp_path, monkeypatch, doctored):
     folder = _tiny_folder(tmp_path)
     run = dict(seeds=(0, 1), folder=folder, work_dir=tmp_path / "work", log=lambda *_: None)
     first = main_suite.run_main_suite(**run)
@@ -224,6 +224,17 @@ def test_main_suite_resumes_finished_runs_and_reruns_stale_ones(tmp_path, doctor
     doctored.clear()
     main_suite.run_main_suite(**run, overrides=["optim.lr=5.0e-4"])  # another recipe: all stale
     assert len(doctored) == 4
+    seed1 = tmp_path / "work/unet/seed1/result.json"  # a source edited between two seeds
+    stored = json.loads(seed1.read_text())
+    stored["provenance"]["files"]["networks/unet.py"] = "0" * 64
+    seed1.write_text(json.dumps(stored))
+    monkeypatch.setattr(main_suite, "_finished", lambda *a: json.loads(seed1.read_text())
+                        if "unet/seed1" in str(a[0]) else None)  # fmt: skip
+    mixed = main_suite.run_main_suite(**run, only=["unet"], overrides=["optim.lr=5.0e-4"])
+    assert mixed["failures"] == [
+        "unet: its seeds ran on different source files (edited during the suite); run it again, "
+        "from a clean checkout."
+    ]
     row = first["rows"]["swin_unet"]
     assert row["n_seeds"] == 2 and [s["seed"] for s in row["per_seed"]] == [0, 1]
     assert row["dice_mean"] == pytest.approx(np.mean([s["dice"] for s in row["per_seed"]]))

@@ -221,6 +221,10 @@ def run_main_suite(
             results[name].append(done)
             minutes = done["wall_s"] / 60
             log(f"{name} seed {seed}: test dice {done['dice']:.4f} in {minutes:.1f} min")
+    for name, done in results.items():  # a file edited while the suite ran (shared checkout)
+        if any(r["provenance"]["files"] != done[0]["provenance"]["files"] for r in done):
+            failures.append(f"{name}: its seeds ran on different source files (edited during the "
+                            "suite); run it again, from a clean checkout.")  # fmt: skip
     rows = {name: aggregate(name, cfg, results[name]) for name, (_, cfg) in configs.items()
             if results[name]}  # fmt: skip
     proto = main_protocol({n: c for n, (_, c) in configs.items()}, threads, seeds, overrides)
