@@ -246,7 +246,7 @@ def test_main_suite_resumes_finished_runs_and_reruns_stale_ones(tmp_path, monkey
     assert row["train_tmac"] == pytest.approx(0.03 * 4 * 4 / 1e3)
 
 
-@pytest.mark.slow  # two fresh processes (about a minute on 2 idle cores)
+@pytest.mark.slow  # two fresh processes (5.5 min measured on the shared machine under load)
 def test_reproduce_real_runs_are_bit_identical(tmp_path):
     """Seed 0 of a real (tiny) run, re-run in another fresh process by the CI check: identical."""
     folder = _tiny_folder(tmp_path, rows=(("unet", "unet_tiny"),))
