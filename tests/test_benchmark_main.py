@@ -222,6 +222,9 @@ def test_main_suite_resumes_finished_runs_and_reruns_stale_ones(tmp_path, monkey
     main_suite.run_main_suite(**run)
     assert [(s["name"], s["seed"]) for s in doctored] == [("swin_unet", 1)]
     doctored.clear()
+    main_suite.run_main_suite(**run, threads=1)  # another thread count: bits may differ, all re-run
+    assert len(doctored) == 4
+    doctored.clear()
     main_suite.run_main_suite(**run, overrides=["optim.lr=5.0e-4"])  # another recipe: all stale
     assert len(doctored) == 4
     seed1 = tmp_path / "work/unet/seed1/result.json"  # a source edited between two seeds

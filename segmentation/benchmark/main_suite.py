@@ -104,6 +104,7 @@ def step_overrides(steps: int | None) -> list[str]:
 
 
 def run_spec(name, path, seed, overrides, run_dir, threads, keep) -> dict:
+    """What a child process needs to train and test one (row, seed): JSON-serialisable."""
     return {"name": name, "config": str(path), "seed": seed, "overrides": list(overrides),
             "run_dir": str(run_dir), "threads": threads, "keep_checkpoints": keep}  # fmt: skip
 
@@ -159,15 +160,17 @@ def run_child(spec: dict) -> dict:
     return row
 
 
-def _finished(run_dir: Path, seed: int, provenance: dict) -> dict | None:
-    """The stored result of a finished run whose seed, config and sources match, else None."""
+def _finished(run_dir: Path, seed: int, threads: int, provenance: dict) -> dict | None:
+    """The stored result of a finished run whose seed, thread count, config and sources match,
+    else None."""
     try:
         result = json.loads((run_dir / "result.json").read_text())
     except (OSError, ValueError):
         return None
     stored = result.get("provenance", {})
     same = all(stored.get(k) == provenance[k] for k in ("config_sha256", "files"))
-    return result if same and result.get("seed") == seed else None
+    same = same and (result.get("seed"), result.get("threads")) == (seed, threads)
+    return result if same else None
 
 
 def run_main_suite(
@@ -206,7 +209,7 @@ def run_main_suite(
     for seed in seeds:
         for name, (path, config) in configs.items():
             run_dir = work / name / f"seed{seed}"
-            done = _finished(run_dir, seed, row_provenance(config.raw))
+            done = _finished(run_dir, seed, threads, row_provenance(config.raw))
             if done is not None:
                 log(f"{name} seed {seed}: finished earlier ({run_dir / 'result.json'}), kept")
                 results[name].append(done)
