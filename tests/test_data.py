@@ -94,7 +94,7 @@ def test_augmented_masks_stay_binary_and_aligned(augment):
 
 
 def test_unknown_augment_lists_accepted():
-    with pytest.raises(ValueError, match="default, flips, none"):
+    with pytest.raises(ValueError, match="default, flips, nnunet, none"):
         build_transform(image_size=32, train=True, augment="strong")
 
 
