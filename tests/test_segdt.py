@@ -264,6 +264,7 @@ def dice(logits, mask):
     return float(torch.where(total > 0, 2 * tp / total.clamp(min=1), 1.0).mean())
 
 
+@pytest.mark.slow  # 150 training steps of the tiny SegDT: 35-80 s on a shared 2-core CPU
 def test_trained_segdt_uses_the_image():
     """A tiny SegDT trained briefly on the embedded data must lose at least half of its Dice when
     the images are shuffled against their masks (before the condition loss it lost a third:
