@@ -249,6 +249,26 @@ def test_main_suite_resumes_finished_runs_and_reruns_stale_ones(tmp_path, monkey
     assert row["train_tmac"] == pytest.approx(0.03 * 4 * 4 / 1e3)
 
 
+def test_collect_tabulates_finished_runs_without_training_the_missing_ones(tmp_path, doctored):
+    """``--collect``: a partial table from a suite still running elsewhere; nothing is trained."""
+    folder = _tiny_folder(tmp_path)
+    run = dict(folder=folder, work_dir=tmp_path / "work", log=lambda *_: None)
+    main_suite.run_main_suite(seeds=(0,), **run)
+    main_suite.run_main_suite(seeds=(1,), only=["unet"], **run)
+    doctored.clear()
+    partial = main_suite.run_main_suite(seeds=(0, 1, 2), train=False, **run)
+    assert doctored == []
+    seed_major = ["swin_unet seed 1", "unet seed 2", "swin_unet seed 2"]
+    assert partial["missing"] == seed_major
+    assert [r["n_seeds"] for r in partial["rows"].values()] == [2, 1]
+    assert partial["failures"] == [] and partial["rows"]["swin_unet"]["delta_vs_unet"]
+    text = render_main_markdown(partial)
+    assert "| `swin_unet` (1 seed) |" in text and "| `unet` (2 seeds) |" in text
+    assert "**Incomplete table**: 3 of the suite's runs" in text and "swin_unet seed 2" in text
+    complete = main_suite.run_main_suite(seeds=(0,), train=False, **run)
+    assert complete["missing"] == [] and "Incomplete" not in render_main_markdown(complete)
+
+
 @pytest.mark.slow  # two fresh processes (5.5 min measured on the shared machine under load)
 def test_reproduce_real_runs_are_bit_identical(tmp_path):
     """Seed 0 of a real (tiny) run, re-run in another fresh process by the CI check: identical."""

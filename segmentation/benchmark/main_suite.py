@@ -183,9 +183,10 @@ def run_main_suite(
     work_dir: Path | None = None,
     folder: Path | None = None,
     keep_checkpoints: bool = False,
+    train: bool = True,
     log=print,
 ) -> dict:
-    """Run (or resume) every (row, seed); return ``{"protocol", "rows", "failures"}``.
+    """Run (or resume) every (row, seed); return ``{"protocol", "rows", "failures", "missing"}``.
 
     Args:
         only: row names to run (default every file of ``experiments/synthetic``).
@@ -196,6 +197,8 @@ def run_main_suite(
         work_dir: where runs and their ``result.json`` live (default ``runs/benchmark-synthetic``).
         folder: the folder of row configs (default ``experiments/synthetic``; tests).
         keep_checkpoints: keep each run's ``checkpoints/`` (default: deleted after the test).
+        train: ``False`` collects the finished runs only (a suite still running elsewhere, or a
+            partial table): unfinished or stale (row, seed) pairs are listed in ``missing``.
         log: progress printer.
     """
     from segmentation.benchmark.provenance import row_provenance
@@ -205,6 +208,7 @@ def run_main_suite(
     work = Path(work_dir or DEFAULT_WORK_DIR)
     results: dict[str, list[dict]] = {name: [] for name in configs}
     failures: list[str] = []
+    missing: list[str] = []
     start = time.perf_counter()
     for seed in seeds:
         for name, (path, config) in configs.items():
@@ -213,6 +217,10 @@ def run_main_suite(
             if done is not None:
                 log(f"{name} seed {seed}: finished earlier ({run_dir / 'result.json'}), kept")
                 results[name].append(done)
+                continue
+            if not train:
+                missing.append(f"{name} seed {seed}")
+                log(f"{name} seed {seed}: not finished (or stale) in {run_dir}, left out")
                 continue
             log(f"{name} seed {seed}: training ({run_dir / 'log.txt'})")
             spec = run_spec(name, path, seed, overrides, run_dir, threads, keep_checkpoints)
@@ -232,7 +240,7 @@ def run_main_suite(
             if results[name]}  # fmt: skip
     proto = main_protocol({n: c for n, (_, c) in configs.items()}, threads, seeds, overrides)
     proto["session_wall_s"] = time.perf_counter() - start
-    return finalize({"protocol": proto, "rows": rows, "failures": failures})
+    return finalize({"protocol": proto, "rows": rows, "failures": failures, "missing": missing})
 
 
 def main_protocol(configs: dict, threads: int, seeds, overrides=()) -> dict:
@@ -372,7 +380,8 @@ def merge(old: dict, new: dict) -> dict:
     order = list(suite_configs("synthetic"))
     rank = {n: i for i, n in enumerate(order)}
     rows = dict(sorted(rows.items(), key=lambda kv: (rank.get(kv[0], len(rank)), kv[0])))
-    merged = {"protocol": dict(new["protocol"]), "rows": rows, "failures": new.get("failures", [])}
+    merged = {"protocol": dict(new["protocol"]), "rows": rows, "failures": new.get("failures", []),
+              "missing": new.get("missing", [])}  # fmt: skip
     return finalize(merged)
 
 

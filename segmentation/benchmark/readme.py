@@ -266,6 +266,11 @@ def render_main_markdown(result: dict) -> str:
         lines += ["", "Notes: " + "; ".join(notes) + "."]
     if result.get("failures"):
         lines += ["", "Failed runs: " + "; ".join(result["failures"]) + "."]
+    if result.get("missing"):
+        missing = result["missing"]
+        lines += ["", f"**Incomplete table**: {len(missing)} of the suite's runs have not finished "
+                  "yet and are left out (rows with fewer than 3 seeds say so): "
+                  + ", ".join(missing) + "."]  # fmt: skip
     lines += ["", f"Suite compute: {total / 3600:.1f} h of run wall time on {p['cpu']} "
               f"({sum(r['n_seeds'] for r in result['rows'].values())} runs)."]  # fmt: skip
     return "\n".join(lines)

@@ -27,7 +27,9 @@ Modes (one per run):
         (finished runs in --work-dir, default runs/benchmark-synthetic, are kept while their config
         and sources are unchanged). --json writes per-row statistics, convergence and provenance
         (merged into an existing file with --only) and the figure next to it (.png);
-        --write-readme rewrites the README's main table. See segmentation.benchmark.main_suite.
+        --write-readme rewrites the README's main table. --collect trains nothing: it tabulates
+        the finished runs of --work-dir (a suite still running, or a partial table) and lists the
+        missing ones. See segmentation.benchmark.main_suite.
 
     --check-provenance PATH [--allow-missing]
         Exit 1 naming every row of PATH whose config or source files changed since it was
@@ -136,6 +138,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--keep-checkpoints", action="store_true", help="synthetic: keep each run's checkpoints"
     )
     suite.add_argument(
+        "--collect",
+        action="store_true",
+        help="synthetic: tabulate the finished runs of --work-dir, train nothing (missing listed)",
+    )
+    suite.add_argument(
         "--allow-missing",
         action="store_true",
         help="--check-provenance/--reproduce: skip (exit 0) while the results file is absent",
@@ -216,7 +223,7 @@ def main_suite_cli(args) -> int:
         user_error(err.args[0])
     result = main_suite.run_main_suite(
         only=only, seeds=seeds, steps=args.steps, threads=args.threads, work_dir=args.work_dir,
-        keep_checkpoints=args.keep_checkpoints,
+        keep_checkpoints=args.keep_checkpoints, train=not args.collect,
     )  # fmt: skip
     if args.json and only and Path(args.json).is_file():
         result = main_suite.merge(json.loads(Path(args.json).read_text()), result)
@@ -236,6 +243,9 @@ def main_suite_cli(args) -> int:
     if args.write_readme:
         changed = write_readme(README, result, main=True)
         print("README.md main benchmark table " + ("updated" if changed else "unchanged"))
+    if result["missing"]:
+        print(f"not finished yet ({len(result['missing'])} runs, left out): "
+              + ", ".join(result["missing"]))  # fmt: skip
     for message in result["failures"]:
         print(f"FAILED: {message}")
     return 1 if result["failures"] else 0
