@@ -30,3 +30,23 @@ def test_readme_links_every_document_in_docs():
     docs = {f"docs/{p.name}" for p in (ROOT / "docs").glob("*.md")}
     assert docs, "docs/ has no markdown files"
     assert docs <= linked, f"README.md does not link {sorted(docs - linked)}"
+
+
+def test_networks_table_lists_a_network_whose_optional_package_is_missing(monkeypatch):
+    """`tools/networks_table.py` works without the optional extras: such rows say what they need."""
+    import networks
+    from segmentation.cli import networks_table
+
+    monkeypatch.setattr(networks, "list_networks", lambda: ["unet_tiny", "sam3_adapter"])
+    real = networks.build_network
+
+    def build(name, **kwargs):
+        if name == "sam3_adapter":
+            raise ImportError("No module named 'sam3'")
+        return real(name, **kwargs)
+
+    monkeypatch.setattr(networks, "build_network", build)
+    lines = networks_table.table().splitlines()
+    assert lines[2].startswith("| `unet_tiny` | `UNet` |")
+    needs = "needs an optional package (No module named 'sam3')"
+    assert lines[3] == f"| `sam3_adapter` | - | {needs} | |"

@@ -4,7 +4,8 @@
     python tools/networks_table.py --write-readme   # replace the table between the README markers
 
 Counts are for 3 input channels and 1 class, built with random weights (nothing is downloaded).
-Networks that need a local weight file to be built (``segdt_taesd``) are listed without counts.
+Networks that need a local weight file to be built (``segdt_taesd``) or an optional package that is
+not installed (``sam3_*`` without the ``[sam3]`` extra) are listed without counts.
 """
 
 from __future__ import annotations
@@ -32,6 +33,9 @@ def table() -> str:
             model = networks.build_network(name, in_channels=3, num_classes=1)
         except (ValueError, FileNotFoundError) as err:
             lines.append(f"| `{name}` | - | needs a weight file ({str(err).split(';')[0]}) | |")
+            continue
+        except ImportError as err:  # an optional extra; --write-readme needs every extra installed
+            lines.append(f"| `{name}` | - | needs an optional package ({err}) | |")
             continue
         total = sum(p.numel() for p in model.parameters())
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
