@@ -135,9 +135,11 @@ def _copy_sources(root: Path) -> None:
 
 
 def _fake_run_row(name, config, run_dir, *, log=print, gmac_sizes=(128,), details=False):
-    """``run_row`` without training: plausible numbers that depend on the seed and the row."""
+    """``run_row`` without training: plausible numbers that depend on the seed, the row and its
+    learning rate (+0.01 per 1e-3 above 1e-3)."""
     seed, n = config.train.seed, config.raw["data"]["n_test"]
     base = 0.6 + 0.02 * seed + (0.1 if name == "unet" else 0.0)
+    base += round(10 * (config.raw["optim"]["lr"] - 1e-3), 6)
     per_image = [round(base + 0.01 * (i % 3), 6) for i in range(n)]
     steps = config.train.steps
     metrics = {m: base for m in main_suite.PER_SEED_METRICS}
@@ -189,9 +191,13 @@ def test_check_provenance_fails_after_a_one_line_change_and_passes_after_regener
     failures, _ = ci_checks.check_provenance(result, folder=folder)
     assert failures == [
         "unet: stale - networks/unet.py changed",
-        "regenerate with: python tools/benchmark.py --suite synthetic --only unet --json "
-        "benchmarks/synthetic.json --write-readme",
+        f"regenerate with: python tools/benchmark.py --suite synthetic --configs {folder} --only "
+        "unet --json benchmarks/synthetic.json",  # not the main suite: its own JSON, no README
     ]  # swin_unet does not import unet.py
+    assert ci_checks.regenerate_command(["unet"]) == (
+        "python tools/benchmark.py --suite synthetic --only unet --json benchmarks/synthetic.json "
+        "--write-readme"
+    )
     doctored.clear()
     regenerated = main_suite.run_main_suite(only=["unet"], **run)
     assert [(s["name"], s["seed"]) for s in doctored] == [("unet", 0), ("unet", 1)]
@@ -464,3 +470,103 @@ def test_cli_runs_merges_and_writes_json_figure_and_readme(tmp_path, monkeypatch
     assert merged["rows"]["mcanet"]["delta_vs_unet"]["n_images"] == 300
     assert "`mcanet`" in readme.read_text() and "placeholder" not in readme.read_text()
     assert "mcanet" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------- ablation folders (--configs)
+ABLATION = ROOT / "experiments/ablations/spatial_fusion"
+
+
+def test_an_ablation_folder_reuses_shared_runs_and_takes_its_first_row_as_reference(
+    tmp_path, doctored
+):
+    """A folder without unet: deltas against its first row (table order); its row shared with the
+    main folder (a symlink: same name, same config) reuses the finished runs of the shared work
+    dir, and only its new row trains."""
+    main = _tiny_folder(tmp_path)
+    run = dict(seeds=(0, 1), work_dir=tmp_path / "work", log=lambda *_: None)
+    main_result = main_suite.run_main_suite(folder=main, **run)
+    ablation = tmp_path / "ablation"
+    ablation.mkdir()
+    (ablation / "swin_unet.yaml").symlink_to("../cfg/swin_unet.yaml")
+    (ablation / "swin_unet_lr.yaml").write_text(TINY.format(net="swin_unet_tiny", lr="2.0e-3"))
+    doctored.clear()
+    result = main_suite.run_main_suite(folder=ablation, **run)
+    assert [(s["name"], s["seed"]) for s in doctored] == [("swin_unet_lr", 0), ("swin_unet_lr", 1)]
+    rows = result["rows"]
+    assert rows["swin_unet"]["per_seed"] == main_result["rows"]["swin_unet"]["per_seed"]
+    assert main_result["protocol"]["reference_row"] == "unet"
+    assert main_suite.reference_row(ablation) == "swin_unet" == result["protocol"]["reference_row"]
+    assert result["protocol"]["configs"] == f"{ablation}/*.yaml"
+    assert (
+        list(rows) == ["swin_unet", "swin_unet_lr"] and rows["swin_unet"]["delta_vs_unet"] is None
+    )
+    delta = rows["swin_unet_lr"]["delta_vs_unet"]  # lr 2e-3: +0.01 in the fake
+    assert delta["mean"] == pytest.approx(0.01) and delta["significant"]
+    text = render_main_markdown(result)
+    assert "| Delta Dice vs `swin_unet` [95 % CI] |" in text and "U-Net" not in text
+    assert "| `swin_unet` (2 seeds) | 0.6200 +- 0.0141 | reference |" in text
+    # a partial re-run (--only) keeps the folder's reference and table order when merged
+    doctored.clear()
+    partial = main_suite.run_main_suite(folder=ablation, only=["swin_unet_lr"], **run)
+    assert doctored == [] and partial["protocol"]["reference_row"] == "swin_unet"
+    merged = main_suite.merge(result, partial, ablation)
+    assert list(merged["rows"]) == ["swin_unet", "swin_unet_lr"]
+    assert merged["rows"]["swin_unet_lr"]["delta_vs_unet"]["mean"] == pytest.approx(0.01)
+
+
+def test_spatial_fusion_ablation_folder_varies_only_the_fusion_of_the_main_row():
+    import inspect
+
+    from networks.att_swinunet import AttSwinUNet
+
+    ref = "att_swinunet_cross_spatial"
+    configs = main_suite.load_configs(folder=ABLATION)  # the loader checks the shared data/eval
+    assert list(configs) == [ref, f"{ref}_gated", f"{ref}_mean"]
+    assert main_suite.reference_row(ABLATION) == ref
+    link, main_path = ABLATION / f"{ref}.yaml", ROOT / f"experiments/synthetic/{ref}.yaml"
+    assert link.is_symlink() and link.resolve() == main_path.resolve()
+    main = main_suite.load_configs([ref])[ref][1]  # the main suite's row: the same runs
+    assert provenance.config_sha256(configs[ref][1].raw) == provenance.config_sha256(main.raw)
+    base = configs[ref][1].raw
+    default = inspect.signature(AttSwinUNet).parameters["spatial_fusion"].default
+    assert "spatial_fusion" not in base["model"] and default == "sum"
+    for mode in ("mean", "gated"):
+        raw = configs[f"{ref}_{mode}"][1].raw
+        assert raw == {**base, "model": {**base["model"], "spatial_fusion": mode}}
+
+
+def test_cli_configs_runs_a_folder_refuses_the_readme_and_checks_its_provenance(
+    tmp_path, doctored, capsys
+):
+    tool = _tool()
+    out = tmp_path / "ablation.json"
+    args = ["--suite", "synthetic", "--configs", str(ABLATION), "--seeds", "0",
+            "--work-dir", str(tmp_path / "work"), "--json", str(out)]  # fmt: skip
+    for refused in ([*args, "--write-readme"], ["--suite", "ci", "--configs", str(ABLATION)]):
+        with pytest.raises(SystemExit) as exit_info:
+            tool.main(refused)
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2 and err.startswith("error: --") and err.count("\n") == 1
+    assert doctored == []
+    assert tool.main(args) == []
+    assert "delta vs att_swinunet_cross_spatial" in capsys.readouterr().out and len(doctored) == 3
+    result = json.loads(out.read_text())
+    assert result["protocol"]["configs"] == "experiments/ablations/spatial_fusion/*.yaml"
+    assert tool.main(["--check-provenance", str(out), "--configs", str(ABLATION)]) == []
+    assert f"provenance check of {out}: passed" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_info:  # checked against the main suite's folder
+        tool.main(["--check-provenance", str(out)])
+    assert exit_info.value.code == 1
+    assert "pass --configs experiments/ablations/spatial_fusion." in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_info:  # --only never merges another folder's rows
+        tool.main(["--suite", "synthetic", "--only", "unet", "--json", str(out)])
+    assert exit_info.value.code == 2 and "holds the rows of" in capsys.readouterr().err
+    stale = copy.deepcopy(result)
+    stale["rows"]["att_swinunet_cross_spatial_mean"]["provenance"]["config_sha256"] = "0"
+    path = "benchmarks/ablation_spatial_fusion.json"
+    failures, _ = ci_checks.check_provenance(stale, folder=ABLATION, json_path=path)
+    assert failures == [
+        "att_swinunet_cross_spatial_mean: stale - its resolved configuration changed",
+        "regenerate with: python tools/benchmark.py --suite synthetic --configs experiments/"
+        f"ablations/spatial_fusion --only att_swinunet_cross_spatial_mean --json {path}",
+    ]

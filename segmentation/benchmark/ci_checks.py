@@ -1,4 +1,5 @@
-"""The CI checks of the main benchmark (``benchmarks/synthetic.json``).
+"""The CI checks of the main benchmark (``benchmarks/synthetic.json``), or of an ablation folder's
+results (``--configs DIR``: ``folder`` here).
 
 * ``--check-provenance``: every row's config and source hashes still match the files
   (:func:`check_provenance`); stale rows are named with the command that regenerates them.
@@ -15,21 +16,37 @@ import json
 import subprocess
 from pathlib import Path
 
-from segmentation.benchmark.main_suite import REPRODUCE_TOLERANCE, launch, load_configs, run_spec
+from segmentation.benchmark.main_suite import (
+    REPRODUCE_TOLERANCE,
+    folder_label,
+    is_main_folder,
+    launch,
+    load_configs,
+    run_spec,
+)
 from segmentation.benchmark.suite import REPO_ROOT
 
-
-def regenerate_command(names) -> str:
-    """The command that re-runs ``names`` and rewrites the results, figure and README table."""
-    return (
-        f"python tools/benchmark.py --suite synthetic --only {','.join(names)} "
-        "--json benchmarks/synthetic.json --write-readme"
-    )
+MAIN_RESULTS = "benchmarks/synthetic.json"
 
 
-def load_results(path: str | Path, allow_missing: bool) -> dict | None:
-    """The results at ``path``; None (skip) when it is absent or has no rows and
-    ``allow_missing``.
+def regenerate_command(
+    names=None, *, folder: Path | None = None, json_path: str | Path = MAIN_RESULTS
+) -> str:
+    """The command that re-runs ``names`` (default: every row) of ``folder`` and rewrites the
+    results at ``json_path`` and its figure, and the README table for the main suite."""
+    main = is_main_folder(folder)
+    return " ".join([
+        "python tools/benchmark.py --suite synthetic",
+        *([] if main else [f"--configs {folder_label(folder)}"]),
+        *([f"--only {','.join(names)}"] if names else []),
+        f"--json {json_path}",
+        *(["--write-readme"] if main else []),
+    ])  # fmt: skip
+
+
+def load_results(path: str | Path, allow_missing: bool, folder: Path | None = None) -> dict | None:
+    """The results at ``path`` (of the row configs in ``folder``); None (skip) when it is absent or
+    has no rows and ``allow_missing``.
 
     Raises:
         FileNotFoundError: ``path`` does not exist (without ``allow_missing``).
@@ -39,9 +56,9 @@ def load_results(path: str | Path, allow_missing: bool) -> dict | None:
     if not path.is_file():
         if allow_missing:
             return None
+        command = regenerate_command(folder=folder, json_path=path)
         raise FileNotFoundError(
-            f"{path} does not exist; produce it with python tools/benchmark.py --suite synthetic "
-            f"--json {path} --write-readme (or pass --allow-missing to skip)."
+            f"{path} does not exist; produce it with {command} (or pass --allow-missing to skip)."
         )
     result = json.loads(path.read_text())
     if not result.get("rows"):
@@ -51,17 +68,29 @@ def load_results(path: str | Path, allow_missing: bool) -> dict | None:
     return result
 
 
-def check_provenance(result: dict, *, folder: Path | None = None, root: Path | None = None):
+def check_provenance(
+    result: dict,
+    *,
+    folder: Path | None = None,
+    root: Path | None = None,
+    json_path: str | Path = MAIN_RESULTS,
+):
     """``(failures, notes)``: one failure line per stale row (with its reasons), then the command
-    that regenerates them; notes on torch/device differences."""
+    that regenerates them (into ``json_path``); notes on torch/device differences. Results made
+    from another folder of row configs than ``folder`` fail as a whole (pass its ``--configs``)."""
     from segmentation.benchmark.provenance import stale_rows
 
+    produced, expected = result.get("protocol", {}).get("configs"), f"{folder_label(folder)}/*.yaml"
+    if produced and produced != expected:
+        return [f"{json_path} was produced from {produced}, not {expected}; pass --configs "
+                f"{produced.removesuffix('/*.yaml')}."], []  # fmt: skip
     configs = {name: config for name, (_, config) in load_configs(folder=folder).items()}
     stale, notes = stale_rows(result, configs, root)
     failures = [f"{name}: stale - {'; '.join(reasons)}" for name, reasons in stale.items()]
     runnable = [name for name in configs if name in stale]  # in table order
     if runnable:
-        failures.append("regenerate with: " + regenerate_command(runnable))
+        command = regenerate_command(runnable, folder=folder, json_path=json_path)
+        failures.append("regenerate with: " + command)
     return failures, notes
 
 

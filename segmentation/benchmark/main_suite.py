@@ -18,6 +18,12 @@ Reproducibility: every config sets ``train.deterministic: true``; with the seeds
 the thread count recorded in the results (``torch.set_num_threads`` in the child), a re-run on the
 same machine repeats the per-image Dice of a run bit for bit. CI re-runs seed 0 of two rows and
 checks the provenance (:mod:`segmentation.benchmark.ci_checks`).
+
+Ablations: ``--configs DIR`` (``folder`` here) runs another folder of row configs the same way,
+into its own JSON. A row it shares with the main suite (a symlink to
+``experiments/synthetic/<row>.yaml``: same name, same resolved config) reuses the main suite's
+finished runs from the shared work dir. Deltas are against ``unet`` when the folder has it, else
+against its first row in table order: the protocol's ``reference_row`` (:func:`reference_row`).
 """
 
 from __future__ import annotations
@@ -31,13 +37,13 @@ import time
 from pathlib import Path
 
 from segmentation.benchmark.row import HARD_TAGS, SAMPLING_STEPS
-from segmentation.benchmark.suite import REPO_ROOT, protocol, suite_configs
+from segmentation.benchmark.suite import REPO_ROOT, SUITES, protocol, suite_configs
 
 SEEDS = (0, 1, 2)
 # Rows that are the same network with the same recipe as another row, shown in the table but
 # not trained twice (a test checks the identity): Att-SwinU-Net without skip attention is Swin-Unet.
 ALIASES = {"att_swinunet_none": "swin_unet"}
-REFERENCE_ROW = "unet"
+REFERENCE_ROW = "unet"  # the main suite's reference; another folder's is its first row
 REPRODUCE_TOLERANCE = 0.02  # Dice; the CI re-run of seed 0 must stay within it (at most 0.02)
 DEFAULT_WORK_DIR = REPO_ROOT / "runs" / "benchmark-synthetic"
 PER_SEED_METRICS = (
@@ -47,18 +53,21 @@ PER_SEED_METRICS = (
 
 
 def load_configs(only=None, overrides=(), folder: Path | None = None) -> dict:
-    """``{row: (yaml path, Config)}`` of the main suite, checked to share data and evaluation.
+    """``{row: (yaml path, Config)}`` of the main suite (or of ``folder``), checked to share data
+    and evaluation.
 
     Raises:
-        ConfigError: a row's data (augmentation aside) or eval section differs from the first
-            row's (in the table order of ``suite_configs``), its validation
-            is not every quarter of its steps, or it is not deterministic.
+        ConfigError: ``folder`` holds no row config, or a row's data (augmentation aside) or eval
+            section differs from the first row's (in the table order of ``suite_configs``), its
+            validation is not every quarter of its steps, or it is not deterministic.
     """
     from segmentation.config import ConfigError, load_config
 
     paths = suite_configs("synthetic", only, folder)
     configs = {name: (path, load_config(path, overrides)) for name, path in paths.items()}
     full = suite_configs("synthetic", None, folder)
+    if not full:
+        raise ConfigError(f"--configs {folder_label(folder)}: no *.yaml row configs in it.")
     first_path = next(iter(full.values()))
     first = configs.get(first_path.stem, (None, None))[1] or load_config(first_path, overrides)
     for path, config in configs.values():
@@ -83,6 +92,25 @@ def load_configs(only=None, overrides=(), folder: Path | None = None) -> dict:
                 "compares it with the committed numbers)."
             )
     return configs
+
+
+def folder_label(folder: Path | None = None) -> str:
+    """The folder of row configs as ``--configs`` names it: relative to the repository when inside
+    it (``experiments/synthetic`` for the default ``None``)."""
+    path = Path(folder or REPO_ROOT / SUITES["synthetic"]).resolve()
+    return str(path.relative_to(REPO_ROOT)) if path.is_relative_to(REPO_ROOT) else str(path)
+
+
+def is_main_folder(folder: Path | None = None) -> bool:
+    """True for the main suite's folder (``experiments/synthetic``, whose table is the README's)."""
+    return folder_label(folder) == SUITES["synthetic"]
+
+
+def reference_row(folder: Path | None = None) -> str:
+    """The row deltas are against: ``unet`` when ``folder`` has it, else its first row in table
+    order (an ablation folder's baseline, e.g. the main suite's row it varies)."""
+    names = list(suite_configs("synthetic", None, folder))
+    return REFERENCE_ROW if REFERENCE_ROW in names or not names else names[0]
 
 
 def _shared(section: dict) -> dict:
@@ -189,13 +217,13 @@ def run_main_suite(
     """Run (or resume) every (row, seed); return ``{"protocol", "rows", "failures", "missing"}``.
 
     Args:
-        only: row names to run (default every file of ``experiments/synthetic``).
+        only: row names to run (default every file of ``folder``).
         seeds: values of ``train.seed``.
         steps: override every row's steps (smoke tests; a multiple of 4).
         overrides: more ``section.key=value`` overrides for every row (tests).
         threads: torch threads of each run (recorded; part of bit-reproducibility).
         work_dir: where runs and their ``result.json`` live (default ``runs/benchmark-synthetic``).
-        folder: the folder of row configs (default ``experiments/synthetic``; tests).
+        folder: the folder of row configs (default ``experiments/synthetic``; ``--configs``).
         keep_checkpoints: keep each run's ``checkpoints/`` (default: deleted after the test).
         train: ``False`` collects the finished runs only (a suite still running elsewhere, or a
             partial table): unfinished or stale (row, seed) pairs are listed in ``missing``.
@@ -238,14 +266,16 @@ def run_main_suite(
                             "suite); run it again, from a clean checkout.")  # fmt: skip
     rows = {name: aggregate(name, cfg, results[name]) for name, (_, cfg) in configs.items()
             if results[name]}  # fmt: skip
-    proto = main_protocol({n: c for n, (_, c) in configs.items()}, threads, seeds, overrides)
+    proto = main_protocol({n: c for n, (_, c) in configs.items()}, threads, seeds, overrides,
+                          folder)  # fmt: skip
     proto["session_wall_s"] = time.perf_counter() - start
     return finalize({"protocol": proto, "rows": rows, "failures": failures, "missing": missing})
 
 
-def main_protocol(configs: dict, threads: int, seeds, overrides=()) -> dict:
+def main_protocol(configs: dict, threads: int, seeds, overrides=(), folder=None) -> dict:
     """The settings every row shares, the statistics used, the config overrides of this run
-    (none for the committed table) and the environment."""
+    (none for the committed table), the folder of row configs, its reference row and the
+    environment."""
     from segmentation.benchmark import stats
 
     proto = protocol(configs, threads, "synthetic")
@@ -255,10 +285,11 @@ def main_protocol(configs: dict, threads: int, seeds, overrides=()) -> dict:
         "best.pt by validation per-image Dice among the evaluations at 25/50/75/100 % of the steps"
     )
     proto.update(
+        configs=f"{folder_label(folder)}/*.yaml",
         seeds=list(seeds),
         overrides=list(overrides),
         aliases=dict(ALIASES),
-        reference_row=REFERENCE_ROW,
+        reference_row=reference_row(folder),
         bootstrap=dict(stats.BOOTSTRAP),
         convergence_threshold=stats.CONVERGENCE_THRESHOLD,
         reproduce_tolerance={"dice": REPRODUCE_TOLERANCE},
@@ -352,15 +383,19 @@ def summary_of(per_seed: list[dict], key: str) -> float | None:
 
 
 def finalize(result: dict) -> dict:
-    """Add ``delta_vs_unet`` (paired bootstrap) to every row and sampling variant, in place."""
+    """Add ``delta_vs_unet`` (paired bootstrap) to every row and sampling variant, in place.
+
+    The delta is against ``protocol["reference_row"]`` (``unet`` in the main suite; the key keeps
+    its name in every results file)."""
     from segmentation.benchmark.stats import paired_delta
 
     rows = result["rows"]
-    ref = rows.get(REFERENCE_ROW)
+    ref_name = result["protocol"].get("reference_row", REFERENCE_ROW)
+    ref = rows.get(ref_name)
     for name, row in rows.items():
         targets = [row, *row.get("sampling", {}).values()]
         for target in targets:
-            if ref is None or name == REFERENCE_ROW:
+            if ref is None or name == ref_name:
                 target["delta_vs_unet"] = None
                 continue
             target["delta_vs_unet"] = paired_delta(
@@ -369,15 +404,16 @@ def finalize(result: dict) -> dict:
     return result
 
 
-def merge(old: dict, new: dict) -> dict:
-    """``new`` rows replace or join those of ``old`` (a partial re-run); deltas recomputed.
+def merge(old: dict, new: dict, folder: Path | None = None) -> dict:
+    """``new`` rows replace or join those of ``old`` (a partial re-run of ``folder``, default
+    ``experiments/synthetic``); rows in its table order, deltas recomputed.
 
     The protocol is the new run's (the configs checked it), and the runs' total time is summed
     from the rows.
     """
     rows = dict(old.get("rows", {}))
     rows.update(new["rows"])
-    order = list(suite_configs("synthetic"))
+    order = list(suite_configs("synthetic", None, folder))
     rank = {n: i for i, n in enumerate(order)}
     rows = dict(sorted(rows.items(), key=lambda kv: (rank.get(kv[0], len(rank)), kv[0])))
     merged = {"protocol": dict(new["protocol"]), "rows": rows, "failures": new.get("failures", []),

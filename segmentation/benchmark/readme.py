@@ -151,15 +151,21 @@ def _main_line(name: str, row: dict, variant: dict | None = None, label: str | N
 
 
 _MAIN_HEADER = [
-    "Network", "Dice", "Delta Dice vs U-Net [95 % CI]", "IoU", "Thr. Jaccard", "HD95 px",
+    "Network", "Dice", "Delta Dice vs {ref} [95 % CI]", "IoU", "Thr. Jaccard", "HD95 px",
     "Worst tone group Dice", *[f"Dice {t.replace('_', ' ')}" for t in HARD_TAGS],
     "Val Dice at 50 / 75 / 100 %", "Converged", "Params (M)", "GMAC", "Steps x batch",
     "Train TMAC", "Train min/seed",
 ]  # fmt: skip
 
 
-def _main_table(rows: dict, aliases: dict) -> list[str]:
-    lines = ["| " + " | ".join(_MAIN_HEADER) + " |", "|" + "---|" * len(_MAIN_HEADER)]
+def _reference_label(reference: str) -> str:
+    """How the delta column names the reference row: U-Net in the main suite."""
+    return "U-Net" if reference == "unet" else f"`{reference}`"
+
+
+def _main_table(rows: dict, aliases: dict, reference: str) -> list[str]:
+    header = [h.format(ref=_reference_label(reference)) for h in _MAIN_HEADER]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name, row in rows.items():
         default = str(row.get("sample_steps"))
         lines.append(_main_line(name, row, None, f"{name} (K = {default})" if "sampling" in row
@@ -227,7 +233,8 @@ def render_main_markdown(result: dict) -> str:
         "HD95 in pixels (MONAI definition, images with an empty mask or prediction excluded); the "
         "worst tone group is each seed's lowest chardon6 group (the generator's true ITA).",
         "",
-        f"Delta Dice vs U-Net: per test image, the Dice averaged over the seeds minus `"
+        f"Delta Dice vs {_reference_label(p['reference_row'])}: per test image, the Dice "
+        "averaged over the seeds minus `"
         f"{p['reference_row']}`'s, averaged over the images, with its paired bootstrap "
         f"{100 * boot['ci']:g} % CI ({boot['n_boot']} resamples of the test images, seed "
         f"{boot['seed']}); the CI reflects which test images were drawn (seed noise is averaged "
@@ -237,7 +244,7 @@ def render_main_markdown(result: dict) -> str:
         "compute in TMAC = counted GMAC of one training step per image (forward, loss, backward) x "
         "steps x batch; wall minutes of training per seed on this machine.",
         "",
-        *_main_table(methods, p.get("aliases", {})),
+        *_main_table(methods, p.get("aliases", {}), p["reference_row"]),
         "",
         significance_sentence(methods, p["reference_row"]),
     ]
@@ -249,7 +256,7 @@ def render_main_markdown(result: dict) -> str:
             "adapter, prompt and decoder pipeline and must not be read as the performance of the "
             "SAM-family models (SAM, SAM 2, SAM 3, MedSAM), nor compared with the methods above.",
             "",
-            *_main_table(sam, {}),
+            *_main_table(sam, {}, p["reference_row"]),
         ]
     notes = []
     for name, row in result["rows"].items():

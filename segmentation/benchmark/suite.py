@@ -62,7 +62,7 @@ def suite_configs(
     suite: str, only: list[str] | None = None, folder: Path | None = None
 ) -> dict[str, Path]:
     """``{row name: yaml path}`` of a suite (file stem = row name), optionally a subset;
-    ``folder`` replaces the suite's ``experiments/`` folder (tests)."""
+    ``folder`` replaces the suite's ``experiments/`` folder (tests, ``--configs``)."""
     if suite not in SUITES:
         raise KeyError(f"unknown suite '{suite}'; accepted: {', '.join(SUITES)}.")
     found = sorted(Path(folder or REPO_ROOT / SUITES[suite]).glob("*.yaml"))
@@ -71,9 +71,8 @@ def suite_configs(
     paths = {p.stem: p for p in sorted(found, key=lambda p: (rank.get(p.stem, len(rank)), p.stem))}
     for name in only or ():
         if name not in paths:
-            raise KeyError(
-                f"--only {name}: no {SUITES[suite]}/{name}.yaml; rows: {', '.join(paths)}."
-            )
+            where = folder or SUITES[suite]
+            raise KeyError(f"--only {name}: no {where}/{name}.yaml; rows: {', '.join(paths)}.")
     return {n: p for n, p in paths.items() if not only or n in only}
 
 

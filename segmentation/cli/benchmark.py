@@ -1,4 +1,4 @@
-"""Benchmark attention kernels and networks on this machine.
+r"""Benchmark attention kernels and networks on this machine.
 
 Modes (one per run):
 
@@ -20,8 +20,8 @@ Modes (one per run):
         ``--ablate`` adds the intermediate steps (auto kernels alone, + oneDNN) to attribute the
         gain; ``--compile`` adds torch.compile of the whole model with the malloc settings.
 
-    --suite synthetic [--only NAME,...] [--seeds 0,1,2] [--work-dir DIR] [--json PATH]
-            [--write-readme]
+    --suite synthetic [--configs DIR] [--only NAME,...] [--seeds 0,1,2] [--work-dir DIR]
+            [--json PATH] [--write-readme]
         The main benchmark: every experiments/synthetic/*.yaml (its own recipe, the same data and
         300-image test split) at train.seed 0, 1 and 2, each run in a fresh process, resumable
         (finished runs in --work-dir, default runs/benchmark-synthetic, are kept while their config
@@ -29,13 +29,16 @@ Modes (one per run):
         (merged into an existing file with --only) and the figure next to it (.png);
         --write-readme rewrites the README's main table. --collect trains nothing: it tabulates
         the finished runs of --work-dir (a suite still running, or a partial table) and lists the
-        missing ones. See segmentation.benchmark.main_suite.
+        missing ones. --configs DIR runs another folder of row configs (an ablation, default
+        experiments/synthetic) into its own --json, without --write-readme; deltas are against its
+        unet row, else its first row, and a row symlinked to the main suite's config reuses the
+        main suite's finished runs in the same --work-dir. See segmentation.benchmark.main_suite.
 
-    --check-provenance PATH [--allow-missing]
+    --check-provenance PATH [--configs DIR] [--allow-missing]
         Exit 1 naming every row of PATH whose config or source files changed since it was
         produced, with the command that regenerates them.
 
-    --reproduce PATH [--only NAME,...] [--allow-missing]
+    --reproduce PATH [--configs DIR] [--only NAME,...] [--allow-missing]
         Re-run seed 0 of two rows of PATH (chosen from `git rev-parse HEAD`, or --only) and exit 1
         when its Dice differs from the committed one by more than the stated tolerance.
         --allow-missing: both checks skip (exit 0, with a message) while PATH is absent or empty.
@@ -61,6 +64,8 @@ Examples:
     python tools/benchmark.py --suite ci --check benchmarks/ci.json
     python tools/benchmark.py --suite synthetic --json benchmarks/synthetic.json --write-readme
     python tools/benchmark.py --check-provenance benchmarks/synthetic.json
+    python tools/benchmark.py --suite synthetic --configs experiments/ablations/spatial_fusion \
+        --json benchmarks/ablation_spatial_fusion.json --work-dir runs/benchmark-synthetic
 """
 
 from __future__ import annotations
@@ -134,6 +139,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--write-readme", action="store_true", help="rewrite README's benchmark table"
     )
     suite.add_argument("--seeds", default="0,1,2", help="synthetic: values of train.seed")
+    suite.add_argument(
+        "--configs",
+        type=Path,
+        metavar="DIR",
+        help="synthetic, --check-provenance, --reproduce: the folder of row configs "
+        "(default experiments/synthetic; an ablation folder has its own --json)",
+    )
     suite.add_argument(
         "--keep-checkpoints", action="store_true", help="synthetic: keep each run's checkpoints"
     )
@@ -215,23 +227,36 @@ def main_suite_cli(args) -> int:
     from segmentation.config import ConfigError
 
     only = args.only.split(",") if args.only else None
+    folder = args.configs
+    if args.write_readme and not main_suite.is_main_folder(folder):
+        user_error("--write-readme rewrites the README's main table (experiments/synthetic); "
+                   f"--configs {folder} writes its own --json only.")  # fmt: skip
     try:  # argument and config errors as one line, before any training
         seeds = [int(s) for s in args.seeds.split(",")]
         main_suite.step_overrides(args.steps)
-        main_suite.load_configs(only)
+        main_suite.load_configs(only, folder=folder)
     except (KeyError, ValueError, ConfigError) as err:
         user_error(err.args[0])
+    old = None  # the results a partial run (--only) merges into: of the same folder
+    if args.json and only and Path(args.json).is_file():
+        old = json.loads(Path(args.json).read_text())
+        theirs = old.get("protocol", {}).get("configs")
+        mine = f"{main_suite.folder_label(folder)}/*.yaml"
+        if theirs and theirs != mine:
+            user_error(f"--json {args.json} holds the rows of {theirs}, not of {mine}; pass the "
+                       "matching --configs or another --json.")  # fmt: skip
     result = main_suite.run_main_suite(
         only=only, seeds=seeds, steps=args.steps, threads=args.threads, work_dir=args.work_dir,
-        keep_checkpoints=args.keep_checkpoints, train=not args.collect,
+        folder=folder, keep_checkpoints=args.keep_checkpoints, train=not args.collect,
     )  # fmt: skip
-    if args.json and only and Path(args.json).is_file():
-        result = main_suite.merge(json.loads(Path(args.json).read_text()), result)
+    if old is not None:
+        result = main_suite.merge(old, result, folder)
+    reference = result["protocol"]["reference_row"]
     for row in result["rows"].values():
         delta = row.get("delta_vs_unet")
         print(
             f"{row['label']:<28} dice {fmt(row['dice_mean'])} +- {fmt(row['dice_std'])} "
-            f"({row['n_seeds']} seeds) delta vs unet "
+            f"({row['n_seeds']} seeds) delta vs {reference} "
             + ("-" if not delta else f"{delta['mean']:+.4f} [{delta['ci95'][0]:+.4f}, "
                f"{delta['ci95'][1]:+.4f}]")
             + (" still improving" if row["convergence"]["still_improving"] else "")
@@ -254,24 +279,27 @@ def main_suite_cli(args) -> int:
 def checks_cli(args) -> int:
     """``--check-provenance`` / ``--reproduce``: skip, pass (0) or fail (1) with messages."""
     from segmentation.benchmark import ci_checks
+    from segmentation.config import ConfigError
 
     path = args.check_provenance or args.reproduce
+    folder = args.configs
     what = "provenance check" if args.check_provenance else "seed-0 reproduction"
     try:
-        result = ci_checks.load_results(path, args.allow_missing)
-    except (FileNotFoundError, ValueError) as err:
+        result = ci_checks.load_results(path, args.allow_missing, folder)
+        ci_checks.load_configs(folder=folder)  # a wrong --configs as one line
+    except (FileNotFoundError, ValueError, ConfigError) as err:
         user_error(str(err))
     if result is None:
-        print(f"SKIPPED {what}: {path} does not exist or has no rows yet (the main suite has not "
-              "been run); python tools/benchmark.py --suite synthetic --json "
-              f"{path} --write-readme produces it.")  # fmt: skip
+        print(f"SKIPPED {what}: {path} does not exist or has no rows yet (the suite has not "
+              f"been run); {ci_checks.regenerate_command(folder=folder, json_path=path)} "
+              "produces it.")  # fmt: skip
         return 0
     if args.check_provenance:
-        failures, report = ci_checks.check_provenance(result)
+        failures, report = ci_checks.check_provenance(result, folder=folder, json_path=path)
     else:
         names = args.only.split(",") if args.only else None
         if names is None:
-            candidates, notes = ci_checks.buildable(list(result["rows"]))
+            candidates, notes = ci_checks.buildable(list(result["rows"]), folder)
             print("\n".join(notes))
             commit = ci_checks.git_head()
             names = ci_checks.pick_rows(commit, candidates)
@@ -280,7 +308,7 @@ def checks_cli(args) -> int:
         if unknown:
             user_error(f"--only {','.join(unknown)}: not rows of {path}.")
         work = args.work_dir or Path(tempfile.mkdtemp(prefix="dermseg_reproduce_"))
-        failures, report = ci_checks.reproduce(result, names, work_dir=work)
+        failures, report = ci_checks.reproduce(result, names, work_dir=work, folder=folder)
     print("\n".join(report))
     for message in failures:
         print(f"CHECK FAILED: {message}")
@@ -290,6 +318,8 @@ def checks_cli(args) -> int:
 
 def main(argv: list[str] | None = None) -> list[dict]:
     args = parse_args(argv)
+    if args.configs and args.suite != "synthetic" and not (args.check_provenance or args.reproduce):
+        user_error("--configs applies to --suite synthetic, --check-provenance and --reproduce.")
     if args.suite or args.check_provenance or args.reproduce:
         if args.check_provenance or args.reproduce:
             code = checks_cli(args)
