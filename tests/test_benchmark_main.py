@@ -317,6 +317,14 @@ def test_pick_rows_is_deterministic_distinct_and_covers_every_row():
     assert (
         ci_checks.pick_rows(commit, ["only"]) == ["only"] and ci_checks.pick_rows(commit, []) == []
     )
+    # a time budget: every pair fits it, and every row that can fit with the cheapest one is picked
+    costs = {"row0": 900, "row1": 100, "row2": 300, "row3": 1100, "row4": 1150, "row5": 200,
+             "row6": 700}  # fmt: skip
+    within = {tuple(ci_checks.pick_rows(f"{i:040x}", names, costs=costs, budget_s=1200))
+              for i in range(400)}  # fmt: skip
+    assert all(len(p) == 2 and costs[p[0]] + costs[p[1]] <= 1200 for p in within)
+    assert {n for p in within for n in p} == set(names) - {"row4"}  # 1150 + 100 never fits
+    assert ci_checks.pick_rows(commit, names, costs=costs, budget_s=50) == []
 
 
 # ------------------------------------------------------------------------------------ CLI and CI

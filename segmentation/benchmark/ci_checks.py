@@ -94,20 +94,46 @@ def check_provenance(
     return failures, notes
 
 
-def pick_rows(commit: str, names: list[str], k: int = 2) -> list[str]:
+def pick_rows(
+    commit: str,
+    names: list[str],
+    k: int = 2,
+    *,
+    costs: dict[str, float] | None = None,
+    budget_s: float | None = None,
+) -> list[str]:
     """``k`` distinct rows chosen from ``names`` by the hexadecimal ``commit`` hash.
 
     The hash read as an integer is written in the mixed radix ``n, n - 1, ...``: each digit picks
     one of the rows not yet picked (sorted names), so every commit picks deterministically and
-    the pairs are spread evenly over commits.
+    the pairs are spread evenly over commits. With ``costs`` (seconds per row) and ``budget_s``,
+    each digit picks among the rows that still let the remaining picks fit the budget (the
+    cheapest rows complete them), so CI's re-run stays within its time.
     """
     if not names:
         return []
-    pool, value, picked = sorted(names), int(commit, 16), []
-    for _ in range(min(k, len(pool))):
-        value, index = divmod(value, len(pool))
-        picked.append(pool.pop(index))
+    pool, value, picked, spent = sorted(names), int(commit, 16), [], 0.0
+    for i in range(min(k, len(pool))):
+        feasible = pool
+        if costs is not None and budget_s is not None:
+            left = k - 1 - i  # picks still to make after this one; the cheapest rows complete them
+            feasible = [
+                name for name in pool
+                if spent + costs[name] + sum(sorted(costs[n] for n in pool if n != name)[:left])
+                <= budget_s
+            ]  # fmt: skip
+            if not feasible:
+                break
+        value, index = divmod(value, len(feasible))
+        picked.append(feasible[index])
+        pool.remove(feasible[index])
+        spent += costs[feasible[index]] if costs is not None else 0.0
     return picked
+
+
+def seed0_wall_s(row: dict) -> float:
+    """The recorded wall time of a row's seed-0 run (what ``--reproduce`` re-runs), in seconds."""
+    return next(s["wall_s"] for s in row["per_seed"] if s["seed"] == 0)
 
 
 def buildable(names, folder: Path | None = None) -> tuple[list[str], list[str]]:

@@ -302,8 +302,13 @@ def checks_cli(args) -> int:
             candidates, notes = ci_checks.buildable(list(result["rows"]), folder)
             print("\n".join(notes))
             commit = ci_checks.git_head()
-            names = ci_checks.pick_rows(commit, candidates)
-            print(f"rows picked by commit {commit[:12]}: {', '.join(names)}")
+            costs = {n: ci_checks.seed0_wall_s(result["rows"][n]) for n in candidates}
+            budget = result["protocol"].get("reproduce_budget_s")
+            names = ci_checks.pick_rows(commit, candidates, costs=costs, budget_s=budget)
+            print(
+                f"rows picked by commit {commit[:12]}: {', '.join(names)}"
+                + (f" (recorded seed-0 wall time within {budget / 60:g} min)" if budget else "")
+            )
         unknown = sorted(set(names) - set(result["rows"]))
         if unknown:
             user_error(f"--only {','.join(unknown)}: not rows of {path}.")
