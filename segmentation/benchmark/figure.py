@@ -24,7 +24,7 @@ def plot_main(result: dict, path: str | Path) -> Path:
     families = sorted({r["family"] for r in rows})
     marker = {f: _MARKERS[i % len(_MARKERS)] for i, f in enumerate(families)}
     colour = {f: plt.get_cmap("tab10")(i % 10) for i, f in enumerate(families)}
-    fig, ax = plt.subplots(figsize=(8, 5), dpi=120)
+    fig, ax = plt.subplots(figsize=(10, 5), dpi=120)
     labelled = set()
     for row in rows:
         fam = row["family"]
@@ -43,7 +43,7 @@ def plot_main(result: dict, path: str | Path) -> Path:
     ax.set_ylabel(f"test per-image Dice (mean +- std over seeds {p['seeds']})")
     ax.set_title(f"dermseg main benchmark: synthetic data, {p['image_size']} px, {p['cpu']}")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside: no point hidden
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -36,7 +36,7 @@ import sys
 import time
 from pathlib import Path
 
-from segmentation.benchmark.row import HARD_TAGS, SAMPLING_STEPS
+from segmentation.benchmark.row import HARD_TAGS, SAMPLING_STEPS, train_gmac_per_image
 from segmentation.benchmark.suite import REPO_ROOT, SUITES, protocol, suite_configs
 
 SEEDS = (0, 1, 2)
@@ -331,7 +331,8 @@ def aggregate(name: str, config, results: list[dict]) -> dict:
     per_seed = [{k: r.get(k) for k in _PER_SEED_KEEP} for r in results]
     summary = _summary(per_seed)
     steps, batch = first["steps"], first["batch_size"]
-    train_gmac = first.get("train_gmac_per_image")
+    # counted here, not in the runs: one count per row, with the current counter (row.py)
+    train_gmac = train_gmac_per_image(first["network"], first["model_kwargs"], config)
     module = network_module(first["network"])
     row = {
         "name": name,

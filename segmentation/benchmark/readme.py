@@ -107,12 +107,17 @@ def _pm(stats: dict, fmt: str) -> str:
     return _num(stats["mean"], fmt) + std
 
 
-def _delta(delta: dict | None) -> str:
+# A row is called better or worse than the reference only when both have this many seeds (one
+# seed of a recipe is a regression check: the seed alone moved a row by 0.3 Dice).
+MIN_SEEDS_FOR_CLAIM = 3
+
+
+def _delta(delta: dict | None, judged: bool) -> str:
     if not delta:
         return "reference" if delta is None else "-"
     low, high = delta["ci95"]
     text = f"{delta['mean']:+.4f} [{low:+.4f}, {high:+.4f}]"
-    return f"**{text}**" if delta["significant"] else text
+    return f"**{text}**" if delta["significant"] and judged else text
 
 
 def _curve(conv: dict) -> str:
@@ -121,7 +126,9 @@ def _curve(conv: dict) -> str:
     return " / ".join(_num(at.get(f), ".3f") for f in (0.5, 0.75, 1.0))
 
 
-def _main_line(name: str, row: dict, variant: dict | None = None, label: str | None = None):
+def _main_line(
+    name: str, row: dict, variant: dict | None = None, label: str | None = None, judged=False
+):
     v = variant or row
     s = v["summary"]
     conv = row["convergence"]
@@ -133,7 +140,7 @@ def _main_line(name: str, row: dict, variant: dict | None = None, label: str | N
     cells = [
         f"`{label or row['label']}`{seeds}",
         _pm(s["dice"], ".4f"),
-        _delta(v.get("delta_vs_unet")),
+        _delta(v.get("delta_vs_unet"), judged),
         _pm(s["iou"], ".4f"),
         _pm(s["thresholded_jaccard"], ".4f"),
         _pm(s["hd95"], ".1f"),
@@ -163,16 +170,22 @@ def _reference_label(reference: str) -> str:
     return "U-Net" if reference == "unet" else f"`{reference}`"
 
 
-def _main_table(rows: dict, aliases: dict, reference: str) -> list[str]:
+def _judged(row: dict, ref_seeds: int) -> bool:
+    """Whether a row's difference to the reference may be called significant (enough seeds)."""
+    return min(row["n_seeds"], ref_seeds) >= MIN_SEEDS_FOR_CLAIM
+
+
+def _main_table(rows: dict, aliases: dict, reference: str, ref_seeds: int) -> list[str]:
     header = [h.format(ref=_reference_label(reference)) for h in _MAIN_HEADER]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name, row in rows.items():
         default = str(row.get("sample_steps"))
+        judged = _judged(row, ref_seeds)
         lines.append(_main_line(name, row, None, f"{name} (K = {default})" if "sampling" in row
-                                else None))  # fmt: skip
+                                else None, judged))  # fmt: skip
         for k, variant in row.get("sampling", {}).items():
             if k != default:
-                lines.append(_main_line(name, row, variant, f"{name} (K = {k})"))
+                lines.append(_main_line(name, row, variant, f"{name} (K = {k})", judged))
         for alias, target in aliases.items():
             if target == name:
                 lines.append(f"| `{alias}` | = `{name}`: the same network and recipe "
@@ -180,10 +193,14 @@ def _main_table(rows: dict, aliases: dict, reference: str) -> list[str]:
     return lines
 
 
-def significance_sentence(rows: dict, reference: str) -> str:
-    """Which rows differ significantly from ``reference`` (95 % paired CI excludes 0), in words."""
-    better, worse, same = [], [], []
+def significance_sentence(rows: dict, reference: str, ref_seeds: int) -> str:
+    """Which rows differ significantly from ``reference`` (95 % paired CI excludes 0), in words;
+    rows with fewer than :data:`MIN_SEEDS_FOR_CLAIM` seeds (or such a reference) are not judged."""
+    better, worse, same, unjudged = [], [], [], []
     for name, row in rows.items():
+        if name != reference and not _judged(row, ref_seeds):
+            unjudged.append(f"`{name}`")
+            continue
         for label, v in [(name, row)] + [
             (f"{name} K = {k}", v) for k, v in row.get("sampling", {}).items()
             if k != str(row.get("sample_steps"))
@@ -203,7 +220,13 @@ def significance_sentence(rows: dict, reference: str) -> str:
         parts.append(f"worse than `{reference}`: " + ", ".join(worse))
     if same:
         parts.append("not significantly different (the CI includes 0): " + ", ".join(same))
-    return "At the 95 % level, " + "; ".join(parts) + "." if parts else ""
+    text = "At the 95 % level, " + "; ".join(parts) + "." if parts else ""
+    if unjudged:
+        text += (" " if text else "") + (
+            f"Not judged until they and `{reference}` have {MIN_SEEDS_FOR_CLAIM} seeds (their "
+            "intervals are shown, not bolded): " + ", ".join(unjudged) + "."
+        )
+    return text
 
 
 def render_main_markdown(result: dict) -> str:
@@ -213,6 +236,7 @@ def render_main_markdown(result: dict) -> str:
     seeds = ", ".join(str(s) for s in p["seeds"])
     boot = p["bootstrap"]
     methods = {n: r for n, r in result["rows"].items() if r["block"] == "methods"}
+    ref_seeds = result["rows"].get(p["reference_row"], {}).get("n_seeds", 0)
     sam = {n: r for n, r in result["rows"].items() if r["block"] != "methods"}
     total = sum(s["wall_s"] for r in result["rows"].values() for s in r["per_seed"])
     lines = [
@@ -238,15 +262,16 @@ def render_main_markdown(result: dict) -> str:
         f"{p['reference_row']}`'s, averaged over the images, with its paired bootstrap "
         f"{100 * boot['ci']:g} % CI ({boot['n_boot']} resamples of the test images, seed "
         f"{boot['seed']}); the CI reflects which test images were drawn (seed noise is averaged "
-        "out, see the std). **Bold**: the CI excludes 0. Converged: the mean validation Dice "
+        "out, see the std). **Bold**: the CI excludes 0 (only between rows with 3 seeds). "
+        "Converged: the mean validation Dice "
         f"rose by at most {p['convergence_threshold']:g} over the last quarter of the steps, "
         'else "still improving". Cost: GMAC of one prediction at the suite\'s size; training '
         "compute in TMAC = counted GMAC of one training step per image (forward, loss, backward) x "
         "steps x batch; wall minutes of training per seed on this machine.",
         "",
-        *_main_table(methods, p.get("aliases", {}), p["reference_row"]),
+        *_main_table(methods, p.get("aliases", {}), p["reference_row"], ref_seeds),
         "",
-        significance_sentence(methods, p["reference_row"]),
+        significance_sentence(methods, p["reference_row"], ref_seeds),
     ]
     if sam:
         lines += [
@@ -256,7 +281,7 @@ def render_main_markdown(result: dict) -> str:
             "adapter, prompt and decoder pipeline and must not be read as the performance of the "
             "SAM-family models (SAM, SAM 2, SAM 3, MedSAM), nor compared with the methods above.",
             "",
-            *_main_table(sam, {}, p["reference_row"]),
+            *_main_table(sam, {}, p["reference_row"], ref_seeds),
         ]
     notes = []
     for name, row in result["rows"].items():

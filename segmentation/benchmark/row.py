@@ -58,13 +58,39 @@ def count_gmac(spec: dict, size: int) -> float | None:
     return counter.get_total_flops() / 2 / 1e9
 
 
+def train_gmac_per_image(network: str, kwargs: dict, config) -> float | None:
+    """:func:`count_train_gmac` of a run's network (``network``, ``kwargs`` as recorded, e.g.
+    after planning) on two images of ``config``'s test split."""
+    from segmentation.data import collate
+    from segmentation.training.build import build_dataset
+
+    test_set = build_dataset(config, "test")
+    sample = collate([test_set[i] for i in range(min(2, len(test_set)))])
+    return count_train_gmac({"name": network, "kwargs": kwargs}, config, sample)
+
+
+def _conv_backward_flop(grad_out_shape, x_shape, w_shape, _bias, _stride, _padding, _dilation,
+                        transposed, _output_padding, _groups, output_mask, out_shape=None,
+                        **kwargs) -> int:  # fmt: skip
+    """FLOPs of ``aten.convolution_backward``: the gradient of the input and the gradient of the
+    weight each cost the multiply-accumulates of the forward convolution (``w_shape`` already holds
+    ``in_channels / groups``). Replaces torch 2.14's formula, which does not divide the weight
+    gradient of a grouped convolution by ``groups`` (a depthwise 7x7 conv with 64 channels counted
+    66x its forward instead of 3x, measured)."""
+    from torch.utils.flop_counter import conv_flop_count
+
+    forward = conv_flop_count(x_shape, w_shape, grad_out_shape, transposed=transposed)
+    return forward * (int(bool(output_mask[0])) + int(bool(output_mask[1])))
+
+
 def count_train_gmac(spec: dict, config, batch: dict) -> float | None:
     """GMAC of one training step (forward, loss and backward) per image of ``batch``.
 
     Counted like :func:`count_gmac` (reference attention) on ``TrainingObjective`` in training
     mode, so the backward pass, frozen parameters (no weight gradients) and objectives other than
-    "logits -> loss" (SegDT's velocity loss, prompted networks) count as they run. ``None`` when
-    the step does not run on CPU at this size.
+    "logits -> loss" (SegDT's velocity loss, prompted networks) count as they run; convolution
+    backward with :func:`_conv_backward_flop`. ``None`` when the step does not run on CPU at this
+    size.
     """
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -72,7 +98,8 @@ def count_train_gmac(spec: dict, config, batch: dict) -> float | None:
     from segmentation.training.trainer import TrainingObjective
 
     objective = TrainingObjective(_reference_model(spec), build_loss(config))
-    counter = FlopCounterMode(display=False)
+    backward = {torch.ops.aten.convolution_backward: _conv_backward_flop}
+    counter = FlopCounterMode(display=False, custom_mapping=backward)
     try:
         with counter:
             loss, _ = objective.train()(batch)
@@ -176,9 +203,9 @@ def run_row(
         log: progress printer.
         gmac_sizes: image sides at which to count the GMAC of one prediction.
         details: also record the per-image test Dice (``per_image_dice``, in the order of
-            ``test_ids``), the count of empty predictions on images with a lesion, the GMAC of one
-            training step per image, the test numbers at every sampling step count of
-            :data:`SAMPLING_STEPS` for networks whose ``predict`` takes ``steps`` (``sampling``),
+            ``test_ids``), the count of empty predictions on images with a lesion, the test
+            numbers at every sampling step count of :data:`SAMPLING_STEPS` for networks whose
+            ``predict`` takes ``steps`` (``sampling``),
             and the process's peak memory (meaningful in a fresh process, as the main suite runs).
     """
     from networks.common import count_parameters
@@ -234,8 +261,6 @@ def run_row(
     }
     if details:
         row["test_ids"] = [r["id"] for r in rows]
-        sample = collate([test_set[i] for i in range(min(2, len(test_set)))])
-        row["train_gmac_per_image"] = count_train_gmac(spec, config, sample)
         steps_arg = inspect.signature(getattr(model, "predict", lambda: None)).parameters
         if "steps" in steps_arg:
             row["sample_steps"] = getattr(model, "sample_steps", None)  # K of the main numbers
