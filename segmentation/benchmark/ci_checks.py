@@ -18,10 +18,12 @@ from pathlib import Path
 
 from segmentation.benchmark.main_suite import (
     REPRODUCE_TOLERANCE,
+    configs_label,
     folder_label,
     is_main_folder,
     launch,
     load_configs,
+    other_configs,
     run_spec,
 )
 from segmentation.benchmark.suite import REPO_ROOT
@@ -80,10 +82,10 @@ def check_provenance(
     from another folder of row configs than ``folder`` fail as a whole (pass its ``--configs``)."""
     from segmentation.benchmark.provenance import stale_rows
 
-    produced, expected = result.get("protocol", {}).get("configs"), f"{folder_label(folder)}/*.yaml"
-    if produced and produced != expected:
-        return [f"{json_path} was produced from {produced}, not {expected}; pass --configs "
-                f"{produced.removesuffix('/*.yaml')}."], []  # fmt: skip
+    produced = other_configs(result, folder)
+    if produced:
+        return [f"{json_path} was produced from {produced}, not {configs_label(folder)}; pass "
+                f"--configs {produced.removesuffix('/*.yaml')}."], []  # fmt: skip
     configs = {name: config for name, (_, config) in load_configs(folder=folder).items()}
     stale, notes = stale_rows(result, configs, root)
     failures = [f"{name}: stale - {'; '.join(reasons)}" for name, reasons in stale.items()]

@@ -103,6 +103,17 @@ def folder_label(folder: Path | None = None) -> str:
     return str(path.relative_to(REPO_ROOT)) if path.is_relative_to(REPO_ROOT) else str(path)
 
 
+def configs_label(folder: Path | None = None) -> str:
+    """The protocol's ``configs`` entry for ``folder``: which row configs a results file holds."""
+    return f"{folder_label(folder)}/*.yaml"
+
+
+def other_configs(result: dict, folder: Path | None = None) -> str | None:
+    """The ``configs`` a results file was produced from when it is not ``folder``'s, else None."""
+    produced = result.get("protocol", {}).get("configs")
+    return produced if produced and produced != configs_label(folder) else None
+
+
 def is_main_folder(folder: Path | None = None) -> bool:
     """True for the main suite's folder (``experiments/synthetic``, whose table is the README's)."""
     return folder_label(folder) == SUITES["synthetic"]
@@ -287,7 +298,7 @@ def main_protocol(configs: dict, threads: int, seeds, overrides=(), folder=None)
         "best.pt by validation per-image Dice among the evaluations at 25/50/75/100 % of the steps"
     )
     proto.update(
-        configs=f"{folder_label(folder)}/*.yaml",
+        configs=configs_label(folder),
         seeds=list(seeds),
         overrides=list(overrides),
         aliases=dict(ALIASES),

@@ -240,11 +240,11 @@ def main_suite_cli(args) -> int:
     old = None  # the results a partial run (--only) merges into: of the same folder
     if args.json and only and Path(args.json).is_file():
         old = json.loads(Path(args.json).read_text())
-        theirs = old.get("protocol", {}).get("configs")
-        mine = f"{main_suite.folder_label(folder)}/*.yaml"
-        if theirs and theirs != mine:
-            user_error(f"--json {args.json} holds the rows of {theirs}, not of {mine}; pass the "
-                       "matching --configs or another --json.")  # fmt: skip
+        theirs = main_suite.other_configs(old, folder)
+        if theirs:
+            user_error(f"--json {args.json} holds the rows of {theirs}, not of "
+                       f"{main_suite.configs_label(folder)}; pass the matching --configs or "
+                       "another --json.")  # fmt: skip
     result = main_suite.run_main_suite(
         only=only, seeds=seeds, steps=args.steps, threads=args.threads, work_dir=args.work_dir,
         folder=folder, keep_checkpoints=args.keep_checkpoints, train=not args.collect,
