@@ -260,8 +260,8 @@ def test_main_suite_resumes_finished_runs_and_reruns_stale_ones(tmp_path, monkey
 @pytest.mark.parametrize("groups", [1, 4, 64])
 def test_training_gmac_counts_a_convolution_backward_as_twice_its_forward(groups):
     """Gradients of input and weight cost one forward each, grouped or not (torch 2.14's own
-    formula counted a depthwise 7x7 backward 64x too high, which made MCANet's training cost look
-    20x its inference)."""
+    formula counted the weight gradient of a 64-group conv 64x too high, which made MCANet's
+    training cost look 20x its inference)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     conv = torch.nn.Conv2d(64, 64, 7, padding=3, groups=groups)
