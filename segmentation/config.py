@@ -150,6 +150,14 @@ def _validate_dataclass(section: str, values: dict, cls: type) -> Any:
         expected = _accepted_types(hints[key])
         if not isinstance(value, expected) or (isinstance(value, bool) and bool not in expected):
             names = " or ".join("null" if t is type(None) else t.__name__ for t in expected)
+            choices = field.metadata.get("choices") or ()
+            if isinstance(value, bool) and ("on" in choices or "off" in choices):
+                word = "on" if value else "off"
+                raise ConfigError(
+                    f"{where} = {value!r}: YAML reads an unquoted on/off (and yes/no) as "
+                    f'true/false. Quote the word: {key}: "{word}" in the YAML file, or '
+                    f"--set '{where}=\"{word}\"' (one of {', '.join(choices)})."
+                )
             raise ConfigError(
                 f"{where} = {value!r} has type {type(value).__name__}, expected {names} "
                 f"(default {field.default!r})."

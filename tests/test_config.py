@@ -86,6 +86,20 @@ def test_wrong_type_is_an_error():
         validate(raw)
 
 
+def test_unquoted_on_off_gets_a_quoting_hint_and_the_quoted_word_works(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    head = "model: {name: unet_tiny}\ndata: {name: synthetic, image_size: 32}\n"
+    cfg.write_text(head + "train: {amp: on}\n")
+    hint = r"train.amp = True: YAML reads an unquoted on/off.*amp: \"on\""
+    with pytest.raises(ConfigError, match=hint):
+        load_config(cfg)
+    with pytest.raises(ConfigError, match=r"--set 'train.amp=\"off\"'"):
+        load_config(cfg, ["train.amp=off"])
+    assert load_config(cfg, ['train.amp="on"']).raw["train"]["amp"] == "on"
+    cfg.write_text(head + 'train: {amp: "on"}\n')
+    assert load_config(cfg).raw["train"]["amp"] == "on"
+
+
 def test_overrides_are_parsed_and_validated(tmp_path):
     cfg = tmp_path / "c.yaml"
     cfg.write_text("model: {name: unet_tiny}\ndata: {name: synthetic, image_size: 32}\n")

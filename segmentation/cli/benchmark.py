@@ -122,7 +122,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--bf16",
         action="store_true",
-        help="--model: add the best settings with bf16 autocast (train.amp: on; other numerics)",
+        help='--model: add the best settings with bf16 autocast (train.amp: "on"; other numerics)',
     )
     parser.add_argument("--compile", action="store_true", help="--model: add torch.compile config")
     parser.add_argument("--json", type=Path, help="also write the results to this JSON file")
