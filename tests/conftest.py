@@ -2,6 +2,16 @@ import pytest
 import torch
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _synthetic_cache_in_a_temporary_folder(tmp_path_factory):
+    """Keep the synthetic disk cache of the test run (and of its subprocesses) out of ~/.cache."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("DERMSEG_CACHE_DIR", str(tmp_path_factory.mktemp("dermseg_cache")))
+    mp.delenv("DERMSEG_NO_DISK_CACHE", raising=False)
+    yield
+    mp.undo()
+
+
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
         return

@@ -285,7 +285,9 @@ def test_cache_keeps_raw_arrays_and_transform_runs_every_time(monkeypatch):
         return val_tf(image, mask)
 
     monkeypatch.setattr(syn, "generate_sample", counting_generate)
-    ds = SyntheticDermoscopy(split="train", image_size=32, n_train=2, transform=counting_transform)
+    ds = SyntheticDermoscopy(
+        split="train", image_size=32, n_train=2, transform=counting_transform, disk_cache=False
+    )
     first, second = ds[0], ds[0]
     assert calls == {"gen": 1, "tf": 2}
     assert torch.equal(first["image"], second["image"]) and first["image"].shape == (3, 24, 24)
@@ -300,3 +302,71 @@ def test_quotas_per_split_apply_only_to_that_split():
     assert all(test.load(i)[2]["tag_dark_skin"] for i in range(4))
     val = SyntheticDermoscopy(split="val", image_size=24, n_val=4, quotas=quotas)
     assert all(val.load(i)[2]["forced"] == "" for i in range(4))
+
+
+def _no_generation(*args, **kwargs):
+    raise AssertionError("generate_sample was called although the split is in the disk cache")
+
+
+def test_disk_cache_returns_the_generated_bytes_and_skips_generation(tmp_path, monkeypatch):
+    monkeypatch.setenv(syn.CACHE_DIR_ENV, str(tmp_path))
+    monkeypatch.delenv(syn.NO_DISK_CACHE_ENV, raising=False)
+    kw = dict(split="val", image_size=32, n_val=5, quotas={"val": {"tiny": 1.0}})
+    fresh = SyntheticDermoscopy(**kw, disk_cache=False)
+    reference = [fresh.load(i) for i in range(5)]
+    first = SyntheticDermoscopy(**kw)
+    first.load(0)
+    files = list((tmp_path / "synthetic").glob("*.npz"))
+    assert len(files) == 1 and "_32px_val_500000-500005_" in files[0].name
+    monkeypatch.setattr(syn, "generate_sample", _no_generation)
+    second = SyntheticDermoscopy(**kw)
+    for i in range(5):
+        image, mask, meta = second.load(i)
+        ref_image, ref_mask, ref_meta = reference[i]
+        assert image.dtype == np.uint8 and np.array_equal(image, ref_image)
+        assert np.array_equal(mask, ref_mask) and meta == ref_meta
+    assert torch.equal(second[3]["image"], fresh[3]["image"])  # fresh: in-memory copy
+
+
+def test_disk_cache_key_separates_every_argument_and_the_generator_source(tmp_path, monkeypatch):
+    monkeypatch.setenv(syn.CACHE_DIR_ENV, str(tmp_path))
+    base = dict(split="test", image_size=24, n_test=3, seed=0)
+    for change in ({}, {"seed": 1}, {"image_size": 32}, {"n_test": 4}, {"quotas": {"test": "hard"}}):
+        SyntheticDermoscopy(**{**base, **change}).load(0)
+    assert len(list((tmp_path / "synthetic").glob("*.npz"))) == 5
+    # another generator (source or library versions) never reads the old files
+    monkeypatch.setattr(syn, "_generator_digest", lambda: "0" * 16)
+    SyntheticDermoscopy(**base).load(0)
+    assert len(list((tmp_path / "synthetic").glob("*.npz"))) == 6
+
+
+def test_unreadable_cache_file_is_named_regenerated_and_rewritten(tmp_path, monkeypatch):
+    monkeypatch.setenv(syn.CACHE_DIR_ENV, str(tmp_path))
+    kw = dict(split="val", image_size=24, n_val=3)
+    reference = SyntheticDermoscopy(**kw, disk_cache=False).load(2)
+    SyntheticDermoscopy(**kw).load(0)
+    (path,) = (tmp_path / "synthetic").glob("*.npz")
+    path.write_bytes(path.read_bytes()[:100])  # truncated, as after a full disk
+    with pytest.warns(UserWarning, match=f"{path.name}.*unreadable.*regenerating"):
+        again = SyntheticDermoscopy(**kw).load(2)
+    assert np.array_equal(again[0], reference[0]) and again[2] == reference[2]
+    monkeypatch.setattr(syn, "generate_sample", _no_generation)
+    assert np.array_equal(SyntheticDermoscopy(**kw).load(2)[1], reference[1])  # rewritten
+
+
+def test_unwritable_cache_folder_warns_once_and_still_serves_the_data(tmp_path, monkeypatch):
+    blocker = tmp_path / "not_a_dir"
+    blocker.write_text("a file where the cache folder should be")
+    monkeypatch.setenv(syn.CACHE_DIR_ENV, str(blocker))
+    monkeypatch.setattr(syn, "_warned_dirs", set())
+    with pytest.warns(UserWarning, match=f"cannot write the synthetic cache.*{syn.CACHE_DIR_ENV}"):
+        ds = SyntheticDermoscopy(split="val", image_size=24, n_val=2)
+        item = ds[1]
+    assert item["image"].shape == (3, 24, 24)
+
+
+def test_disk_cache_can_be_turned_off(tmp_path, monkeypatch):
+    monkeypatch.setenv(syn.CACHE_DIR_ENV, str(tmp_path))
+    monkeypatch.setenv(syn.NO_DISK_CACHE_ENV, "1")
+    SyntheticDermoscopy(split="val", image_size=24, n_val=2).load(0)
+    assert syn.disk_cache_dir() is None and not (tmp_path / "synthetic").exists()

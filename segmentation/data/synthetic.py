@@ -19,13 +19,28 @@ Reproducibility rules:
   radial distance to the nearest lesion border is <= 0, which is exactly "smooth-step alpha >= 0.5".
   Hair, rulers and bubbles occlude the image only; the mask is clipped to the visible field (inside
   the aperture).
+
+Disk cache: generating one 128-px sample takes about 10-20 ms, i.e. 20-40 s for a 2000-image
+training split, paid again by every run. A split is therefore generated once and stored as one
+``.npz`` file (uint8 images and masks, the metadata as JSON; no pickle) under
+``$DERMSEG_CACHE_DIR`` (default ``${XDG_CACHE_HOME:-~/.cache}/dermseg``), ``synthetic/``. The file
+name holds the seed, size, split, index range and quotas, plus a digest of the generator's source
+files and of the numpy and OpenCV versions, so a changed generator never reads an old file. The
+cached arrays are the generated ones byte for byte (a test checks it), so results do not depend on
+the cache. ``DERMSEG_NO_DISK_CACHE=1`` turns it off; a file that cannot be read is regenerated and
+rewritten (with a warning naming it), and a cache folder that cannot be written only costs the
+speed-up (one warning).
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
+import json
 import math
 import os
+import tempfile
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -271,6 +286,89 @@ def generate_sample(
 SPLIT_OFFSETS = {"train": 0, "val": 500_000, "test": 1_000_000}
 
 
+CACHE_DIR_ENV = "DERMSEG_CACHE_DIR"
+NO_DISK_CACHE_ENV = "DERMSEG_NO_DISK_CACHE"
+# Above this many bytes of raw pixels a split is generated lazily, item by item, and not cached.
+DISK_CACHE_MAX_BYTES = 2 << 30
+_GENERATOR_FILES = ("synthetic.py", "procedural.py", "color.py")
+_warned_dirs: set[str] = set()
+
+
+def disk_cache_dir() -> Path | None:
+    """Folder of the synthetic disk cache, or ``None`` when ``DERMSEG_NO_DISK_CACHE`` is set."""
+    if os.environ.get(NO_DISK_CACHE_ENV, "") not in ("", "0"):
+        return None
+    root = os.environ.get(CACHE_DIR_ENV) or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "dermseg"
+    )
+    return Path(root) / "synthetic"
+
+
+def _generator_digest() -> str:
+    """Digest of everything that fixes a sample besides its arguments: source and library versions."""
+    h = hashlib.sha256(f"numpy {np.__version__} opencv {cv2.__version__}".encode())
+    for name in _GENERATOR_FILES:
+        h.update((Path(__file__).parent / name).read_bytes())
+    return h.hexdigest()[:16]
+
+
+def _cache_file(seed: int, size: int, split: str, indices: range, quotas: dict) -> Path | None:
+    root = disk_cache_dir()
+    if root is None:
+        return None
+    q = hashlib.sha256(json.dumps(quotas, sort_keys=True).encode()).hexdigest()[:8]
+    name = f"s{seed}_{size}px_{split}_{indices.start}-{indices.stop}_q{q}_{_generator_digest()}"
+    return root / f"{name}.npz"
+
+
+def _read_cache(path: Path, n: int, size: int) -> list | None:
+    """The cached ``(image, mask, meta)`` items of ``path``, or ``None`` (absent or unreadable)."""
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            images, masks = f["images"], f["masks"]
+            metas = json.loads(str(f["meta"]))
+        if images.shape != (n, size, size, 3) or masks.shape != (n, size, size) or len(metas) != n:
+            raise ValueError(f"arrays {images.shape} / {masks.shape}, expected {n} items of {size} px")
+    except Exception as err:  # a truncated or foreign file: regenerate it
+        warnings.warn(
+            f"synthetic cache file {path} is unreadable ({err}); regenerating the split and "
+            "rewriting the file.",
+            stacklevel=3,
+        )
+        return None
+    return [(images[i], masks[i], metas[i]) for i in range(n)]
+
+
+def _write_cache(path: Path, items: list) -> None:
+    """Write ``items`` to ``path`` atomically (temporary file, then rename); warn on failure."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.stem, suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as out:
+                np.savez(
+                    out,
+                    images=np.stack([item[0] for item in items]),
+                    masks=np.stack([item[1] for item in items]),
+                    meta=np.array(json.dumps([item[2] for item in items])),
+                )
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    except OSError as err:
+        if str(path.parent) not in _warned_dirs:
+            _warned_dirs.add(str(path.parent))
+            warnings.warn(
+                f"cannot write the synthetic cache in {path.parent} ({err}); the data is "
+                f"generated again by every run. Set {CACHE_DIR_ENV} to a writable folder, or "
+                f"{NO_DISK_CACHE_ENV}=1 to silence this.",
+                stacklevel=3,
+            )
+
+
 def split_indices(split: str, *, n_train: int, n_val: int, n_test: int) -> range:
     """Sample indices of ``split``: train ``[0, n_train)``, val from 500 000, test from 1 000 000.
 
@@ -308,6 +406,9 @@ class SyntheticDermoscopy(Dataset):
             int64 [H, W])``; default: ImageNet normalisation at ``image_size``.
         cache: keep generated ``(image, mask, meta)`` in memory (the transform still runs on every
             access).
+        disk_cache: with ``cache``, read the whole split from the disk cache at the first access,
+            or generate it and write it there (module docstring); splits above
+            ``DISK_CACHE_MAX_BYTES`` of pixels stay lazy.
 
     Items: ``{"image": float32 [3, H, W], "mask": int64 [H, W], "id": "syn_0000042", "meta": flat
         dict}``.
@@ -328,6 +429,7 @@ class SyntheticDermoscopy(Dataset):
         quotas: Mapping[str, Mapping[str, float] | str] | None = None,
         transform=None,
         cache: bool = True,
+        disk_cache: bool = True,
     ) -> None:
         self.indices = split_indices(split, n_train=n_train, n_val=n_val, n_test=n_test)
         for key in quotas or {}:
@@ -348,6 +450,12 @@ class SyntheticDermoscopy(Dataset):
             transform = build_transform(image_size=None, train=False)
         self.transform = transform
         self._cache: dict[int, tuple[np.ndarray, np.ndarray, dict]] = {}
+        pixels = len(self.indices) * self.image_size**2 * 4
+        self._disk_file = (
+            _cache_file(self.seed, self.image_size, split, self.indices, self.quotas)
+            if cache and disk_cache and len(self.indices) and pixels <= DISK_CACHE_MAX_BYTES
+            else None
+        )
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -361,6 +469,9 @@ class SyntheticDermoscopy(Dataset):
         i %= len(self)
         if i in self._cache:
             return self._cache[i]
+        if self._disk_file is not None:
+            self._fill_from_disk_cache()
+            return self._cache[i]
         image, mask, params = generate_sample(
             self.seed, self.indices[i], self.image_size, quotas=self.quotas
         )
@@ -368,6 +479,23 @@ class SyntheticDermoscopy(Dataset):
         if self.cache:
             self._cache[i] = item
         return item
+
+    def _fill_from_disk_cache(self) -> None:
+        """Load the whole split from the disk cache, or generate it all and write the file."""
+        path, n = self._disk_file, len(self)
+        items = _read_cache(path, n, self.image_size)
+        if items is None:
+            items = []
+            for j in tqdm(
+                range(n), desc=f"synthetic {self.split}: generating", leave=False, disable=n < 200
+            ):
+                image, mask, params = generate_sample(
+                    self.seed, self.indices[j], self.image_size, quotas=self.quotas
+                )
+                items.append((image, mask, flat_meta(params)))
+            _write_cache(path, items)
+        self._cache = dict(enumerate(items))
+        self._disk_file = None  # filled: later accesses are dictionary look-ups
 
     def __getitem__(self, i: int) -> dict:
         image, mask, meta = self.load(i)
