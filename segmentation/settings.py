@@ -94,6 +94,11 @@ class TrainConfig:
             the experiment leaves them out, prints the plan and writes ``plan.json``; ``off``.
         plan_memory_gb: the planner's memory budget (nnU-Net's 8 GB GPU target; on CPU a compute
             budget).
+        ema_decay: keep an exponential moving average of the weights (Polyak averaging, as
+            timm's ``--model-ema``) with this decay, warmed up as ``min(ema_decay, (1 + n) /
+            (10 + n))`` after ``n`` updates; validation, ``best.pt`` and ``last.pt``'s ``model``
+            then hold the average (the trained weights stay in ``train_model`` for resuming).
+            ``null`` (default) turns it off.
     """
 
     steps: int = setting(1000, min=1)
@@ -118,6 +123,7 @@ class TrainConfig:
     deterministic: bool = False
     plan: str = setting("off", choices=("off", "auto"))
     plan_memory_gb: float = setting(8.0, min=0.0)
+    ema_decay: float | None = setting(None, min=0.0, max=0.999999)
 
 
 @dataclass(frozen=True)

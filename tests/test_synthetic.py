@@ -331,7 +331,13 @@ def test_disk_cache_returns_the_generated_bytes_and_skips_generation(tmp_path, m
 def test_disk_cache_key_separates_every_argument_and_the_generator_source(tmp_path, monkeypatch):
     monkeypatch.setenv(syn.CACHE_DIR_ENV, str(tmp_path))
     base = dict(split="test", image_size=24, n_test=3, seed=0)
-    for change in ({}, {"seed": 1}, {"image_size": 32}, {"n_test": 4}, {"quotas": {"test": "hard"}}):
+    for change in (
+        {},
+        {"seed": 1},
+        {"image_size": 32},
+        {"n_test": 4},
+        {"quotas": {"test": "hard"}},
+    ):
         SyntheticDermoscopy(**{**base, **change}).load(0)
     assert len(list((tmp_path / "synthetic").glob("*.npz"))) == 5
     # another generator (source or library versions) never reads the old files

@@ -193,3 +193,85 @@ def test_checkpoint_rebuilds_without_the_pretrained_file(tmp_path):
         networks.build_network(
             "smp_unet_tiny", in_channels=3, num_classes=1, encoder_weights=str(weights)
         )
+
+
+class RecordWeights(Hook):
+    """The weights at the start and after every step (copies)."""
+
+    def __init__(self):
+        self.weights = []
+
+    def _record(self, trainer):
+        state = trainer.model.state_dict()
+        self.weights.append({k: v.detach().clone() for k, v in state.items()})
+
+    def on_fit_start(self, trainer):
+        self._record(trainer)
+
+    def on_step_end(self, trainer, logs):
+        self._record(trainer)
+
+
+def test_ema_follows_the_warmed_up_recursion_and_is_what_validation_and_best_pt_hold(tmp_path):
+    """e_0 = initial weights, e_n = e_(n-1) + (1 - d_n)(w_n - e_(n-1)), d_n = min(decay, (1 + n)
+    / (10 + n)); integer buffers (BatchNorm's batch counter) are copied."""
+    record = RecordWeights()
+    config = tiny(steps=4, ema_decay=0.6, eval_every=4)
+    run_training(config, tmp_path, extra_hooks=[record])
+    expected = record.weights[0]
+    for n, weights in enumerate(record.weights[1:], start=1):
+        d = min(0.6, (1 + n) / (10 + n))
+        expected = {
+            k: e + (1 - d) * (weights[k] - e) if e.is_floating_point() else weights[k]
+            for k, e in expected.items()
+        }
+    last = load_checkpoint(tmp_path / "checkpoints" / "last.pt")
+    assert last["ema_updates"] == 4
+    for key, value in record.weights[-1].items():
+        assert torch.equal(last["train_model"][key], value), key  # the trained weights
+        torch.testing.assert_close(last["model"][key], expected[key], rtol=1e-5, atol=1e-6)
+    assert any(  # the average is not the last weights
+        not torch.equal(last["model"][k], v) for k, v in record.weights[-1].items()
+    )
+    best = load_checkpoint(tmp_path / "checkpoints" / "best.pt")
+    for key, value in last["model"].items():  # step 4 validated the average and saved it
+        assert torch.equal(best["model"][key], value), key
+    # evaluating best.pt's weights reproduces the validation metric of the run
+    from segmentation.data import collate
+    from segmentation.evaluation.evaluate import evaluate_model
+    from segmentation.training.build import build_dataset
+
+    metrics, _ = evaluate_model(
+        model_from_checkpoint(best).eval(),
+        build_dataset(config, "val"),
+        device=torch.device("cpu"),
+        eval_config=config.eval,
+        boundary=False,
+        collate_fn=collate,
+    )
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["per_image"]["dice"] == pytest.approx(saved["per_image"]["dice"], abs=1e-6)
+
+
+def test_resume_with_ema_gives_identical_average_and_weights(tmp_path):
+    cfg = dict(steps=4, ema_decay=0.7)
+    run_training(tiny(**cfg), tmp_path / "straight")
+    with pytest.raises(Interrupted):
+        run_training(tiny(**cfg), tmp_path / "split", extra_hooks=[StopAt(2)])
+    run_training(
+        tiny(**cfg),
+        tmp_path / "split",
+        resume=load_checkpoint(tmp_path / "split" / "checkpoints" / "last.pt"),
+    )
+    a = load_checkpoint(tmp_path / "straight" / "checkpoints" / "last.pt")
+    b = load_checkpoint(tmp_path / "split" / "checkpoints" / "last.pt")
+    assert a["ema_updates"] == b["ema_updates"] == 4
+    for part in ("model", "train_model"):
+        for key, value in a[part].items():
+            assert torch.equal(value, b[part][key]), f"{part}.{key} differs after resume"
+
+
+def test_without_ema_checkpoints_are_unchanged(tmp_path):
+    run_training(tiny(steps=2), tmp_path)
+    ckpt = load_checkpoint(tmp_path / "checkpoints" / "last.pt")
+    assert "train_model" not in ckpt and "ema_updates" not in ckpt

@@ -305,7 +305,7 @@ def disk_cache_dir() -> Path | None:
 
 
 def _generator_digest() -> str:
-    """Digest of everything that fixes a sample besides its arguments: source and library versions."""
+    """Digest of what fixes a sample besides its arguments: the sources and library versions."""
     h = hashlib.sha256(f"numpy {np.__version__} opencv {cv2.__version__}".encode())
     for name in _GENERATOR_FILES:
         h.update((Path(__file__).parent / name).read_bytes())
@@ -330,7 +330,9 @@ def _read_cache(path: Path, n: int, size: int) -> list | None:
             images, masks = f["images"], f["masks"]
             metas = json.loads(str(f["meta"]))
         if images.shape != (n, size, size, 3) or masks.shape != (n, size, size) or len(metas) != n:
-            raise ValueError(f"arrays {images.shape} / {masks.shape}, expected {n} items of {size} px")
+            raise ValueError(
+                f"arrays {images.shape} / {masks.shape}, expected {n} items of {size} px"
+            )
     except Exception as err:  # a truncated or foreign file: regenerate it
         warnings.warn(
             f"synthetic cache file {path} is unreadable ({err}); regenerating the split and "

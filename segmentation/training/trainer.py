@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 
 import torch
 from torch import nn
@@ -139,6 +139,11 @@ class Trainer:
         self.amp_dtype = torch.bfloat16 if device.type == "cpu" else torch.float16
         self.use_amp = use_amp
         self.scaler = torch.amp.GradScaler(device.type, enabled=use_amp and device.type == "cuda")
+        # Exponential moving average of the state dict (train.ema_decay), None when off.
+        self.ema: dict[str, torch.Tensor] | None = None
+        self.ema_updates = 0
+        if self.cfg.ema_decay is not None:
+            self.ema = {k: v.detach().clone() for k, v in unwrap(model).state_dict().items()}
 
     # ------------------------------------------------------------------ loop
     def fit(self) -> dict:
@@ -232,6 +237,8 @@ class Trainer:
         if not all_reduce_flag(not finite or bad_buffer is not None, self.dist):
             self.scaler.step(self.optimizer)
             self.counters["consecutive_nonfinite"] = 0
+            if self.ema is not None:
+                self._update_ema()
         else:
             self._non_finite(total, grad_norm, bad_buffer)
             for buffer, saved in zip(unwrap(self.model).buffers(), buffers, strict=True):
@@ -247,6 +254,45 @@ class Trainer:
             "grad_norm": grad_norm,
             "images_per_s": images * self.dist.world_size / max(seconds, 1e-9),
         }
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        """``ema += (1 - d) (weights - ema)`` with ``d = min(ema_decay, (1 + n) / (10 + n))``.
+
+        Floating-point entries (parameters, BatchNorm statistics) are averaged; integer buffers
+        (BatchNorm's batch counter) are copied.
+        """
+        self.ema_updates += 1
+        n = self.ema_updates
+        decay = min(self.cfg.ema_decay, (1 + n) / (10 + n))
+        live = unwrap(self.model).state_dict()
+        avg, new = [], []
+        for key, value in live.items():
+            ema = self.ema.get(key)
+            if ema is None or ema.shape != value.shape or not value.is_floating_point():
+                self.ema[key] = value.detach().clone()  # new or integer entries follow the model
+            else:
+                avg.append(ema)
+                new.append(value.detach())
+        if avg:
+            torch._foreach_lerp_(avg, new, 1.0 - decay)
+
+    @contextmanager
+    def averaged_weights(self):
+        """Inside the block the model holds the EMA weights (no-op without ``ema_decay``)."""
+        if self.ema is None:
+            yield
+            return
+        model = unwrap(self.model)
+        trained = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        model.load_state_dict(self.ema)
+        broadcast_buffers(
+            self.model, self.dist
+        )  # every rank evaluates rank 0's averaged statistics
+        try:
+            yield
+        finally:
+            model.load_state_dict(trained)
 
     def _non_finite_buffer(self) -> str | None:
         """The first buffer (BatchNorm statistics) the step made non-finite, or None.
@@ -306,23 +352,25 @@ class Trainer:
     def evaluate(self, dataset, *, boundary: bool | None = None) -> dict:
         """Metrics of the current model on ``dataset`` (each rank evaluates a shard; the integer
         counts and per-image rows are gathered exactly). ``boundary=None`` computes HD95/ASSD
-        when ``eval.boundary`` asks for them or ``eval.metric`` is one of them.
+        when ``eval.boundary`` asks for them or ``eval.metric`` is one of them. With
+        ``train.ema_decay`` the averaged weights are evaluated.
 
         Raises:
             NonFiniteError: the network's logits are not finite (it diverged).
         """
         try:
-            metrics, _ = evaluate_model(
-                self.model,
-                dataset,
-                device=self.device,
-                eval_config=self.config.eval,
-                boundary=self.config.validation_boundary if boundary is None else boundary,
-                collate_fn=self.collate_fn,
-                num_workers=self.cfg.num_workers,
-                autocast=self.autocast,
-                dist_info=self.dist,
-            )
+            with self.averaged_weights():
+                metrics, _ = evaluate_model(
+                    self.model,
+                    dataset,
+                    device=self.device,
+                    eval_config=self.config.eval,
+                    boundary=self.config.validation_boundary if boundary is None else boundary,
+                    collate_fn=self.collate_fn,
+                    num_workers=self.cfg.num_workers,
+                    autocast=self.autocast,
+                    dist_info=self.dist,
+                )
         except ValueError as err:
             if "NaN or inf" not in str(err):  # SegmentationMetrics.update's non-finite logits
                 raise
@@ -334,10 +382,24 @@ class Trainer:
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict:
-        """Everything needed to rebuild the model and continue the run exactly."""
+        """Everything needed to rebuild the model and continue the run exactly.
+
+        With ``train.ema_decay``, ``model`` holds the averaged weights (what validation measured
+        and what evaluation, prediction and export load) and ``train_model`` the trained ones.
+        """
+        trained = clean_state_dict(unwrap(self.model).state_dict())
+        ema = (
+            {}
+            if self.ema is None
+            else {
+                "train_model": trained,
+                "ema_updates": self.ema_updates,
+            }
+        )
         return {
             "model_spec": self.spec,
-            "model": clean_state_dict(unwrap(self.model).state_dict()),
+            "model": trained if self.ema is None else clean_state_dict(self.ema),
+            **ema,
             "config": self.config.raw,
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
@@ -355,7 +417,16 @@ class Trainer:
         Raises:
             CheckpointError: the weights or the optimizer/scheduler state do not fit this run.
         """
-        load_weights(unwrap(self.model), state["model"], source="resumed checkpoint")
+        model = unwrap(self.model)
+        load_weights(model, state.get("train_model", state["model"]), source="resumed checkpoint")
+        if self.ema is not None:
+            live = model.state_dict()
+            if "train_model" in state:  # the average continues where it stopped
+                averaged = clean_state_dict(state["model"])
+                self.ema = {k: averaged[k].to(v.device).clone() for k, v in live.items()}
+                self.ema_updates = int(state["ema_updates"])
+            else:  # a run without averaging, resumed with it: the average starts here
+                self.ema = {k: v.detach().clone() for k, v in live.items()}
         try:
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
