@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import json
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -616,3 +617,44 @@ def test_cli_configs_runs_a_folder_refuses_the_readme_and_checks_its_provenance(
         "regenerate with: python tools/benchmark.py --suite synthetic --configs experiments/"
         f"ablations/spatial_fusion --only att_swinunet_cross_spatial_mean --json {path}",
     ]
+
+
+def test_jobs_run_side_by_side_and_give_the_same_table(tmp_path, monkeypatch, doctored):
+    import threading
+
+    folder = _tiny_folder(tmp_path)
+    run = dict(seeds=(0, 1), folder=folder, log=lambda *_: None)
+    one = main_suite.run_main_suite(**run, work_dir=tmp_path / "one")
+    active, peak, lock = [0], [0], threading.Lock()
+    inner = main_suite.launch
+
+    def counting_launch(spec):
+        with lock:
+            active[0] += 1
+            peak[0] = max(peak[0], active[0])
+        time.sleep(0.3)  # long enough for the second worker to start
+        try:
+            return inner(spec)
+        finally:
+            with lock:
+                active[0] -= 1
+
+    monkeypatch.setattr(main_suite, "launch", counting_launch)
+    two = main_suite.run_main_suite(**run, work_dir=tmp_path / "two", jobs=2)
+    assert peak[0] == 2 and not two["failures"]
+    for name, row in one["rows"].items():
+        assert [s["seed"] for s in two["rows"][name]["per_seed"]] == [0, 1]
+        assert two["rows"][name]["dice_mean"] == row["dice_mean"]
+
+
+def test_suite_elapsed_time_is_the_union_of_the_run_intervals():
+    from segmentation.benchmark.readme import suite_elapsed_s
+
+    def result(*spans):
+        seeds = [{"started_at": a, "finished_at": b} for a, b in spans]
+        return {"rows": {"r": {"per_seed": seeds}}}
+
+    # two runs side by side (0-10, 2-12), a pause between sessions, then one run (100-130)
+    assert suite_elapsed_s(result((0, 10), (2, 12), (100, 130))) == 42
+    assert suite_elapsed_s(result((0, 10), (10, 20))) == 20
+    assert suite_elapsed_s(result((0, 10), (None, None))) is None  # older results: no timestamps

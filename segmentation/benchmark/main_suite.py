@@ -34,6 +34,7 @@ import shutil
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from segmentation.benchmark.row import HARD_TAGS, SAMPLING_STEPS, train_gmac_per_image
@@ -179,6 +180,7 @@ def run_child(spec: dict) -> dict:
     from segmentation.config import load_config
     from segmentation.training.build import resolve_device
 
+    started_at = time.time()
     torch.set_num_threads(spec["threads"])
     config = load_config(spec["config"], [*spec["overrides"], f"train.seed={spec['seed']}"])
     run_dir = Path(spec["run_dir"])
@@ -192,6 +194,8 @@ def run_child(spec: dict) -> dict:
         batch_size=config.train.batch_size,
         device=device.type,
         provenance=row_provenance(config.raw, device=device),
+        started_at=started_at,  # epoch seconds: the suite's elapsed time is their union
+        finished_at=time.time(),
     )
     if not spec.get("keep_checkpoints"):
         shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
@@ -221,6 +225,7 @@ def run_main_suite(
     steps: int | None = None,
     overrides=(),
     threads: int = 2,
+    jobs: int = 1,
     work_dir: Path | None = None,
     folder: Path | None = None,
     keep_checkpoints: bool = False,
@@ -235,6 +240,9 @@ def run_main_suite(
         steps: override every row's steps (smoke tests; a multiple of 4).
         overrides: more ``section.key=value`` overrides for every row (tests).
         threads: torch threads of each run (recorded; part of bit-reproducibility).
+        jobs: runs at a time, each in its own process with ``threads`` threads (on 2 cores, two
+            1-thread runs train more images per second than one 2-thread run; see
+            docs/benchmark.md). Results do not depend on ``jobs``, only on ``threads``.
         work_dir: where runs and their ``result.json`` live (default ``runs/benchmark-synthetic``).
         folder: the folder of row configs (default ``experiments/synthetic``; ``--configs``).
         keep_checkpoints: keep each run's ``checkpoints/`` (default: deleted after the test).
@@ -251,6 +259,7 @@ def run_main_suite(
     failures: list[str] = []
     missing: list[str] = []
     start = time.perf_counter()
+    pending = []
     for seed in seeds:
         for name, (path, config) in configs.items():
             run_dir = work / name / f"seed{seed}"
@@ -258,14 +267,20 @@ def run_main_suite(
             if done is not None:
                 log(f"{name} seed {seed}: finished earlier ({run_dir / 'result.json'}), kept")
                 results[name].append(done)
-                continue
-            if not train:
+            elif not train:
                 missing.append(f"{name} seed {seed}")
                 log(f"{name} seed {seed}: not finished (or stale) in {run_dir}, left out")
-                continue
-            log(f"{name} seed {seed}: training ({run_dir / 'log.txt'})")
-            spec = run_spec(name, path, seed, overrides, run_dir, threads, keep_checkpoints)
-            done, error = launch(spec)
+            else:
+                pending.append((name, seed, run_spec(name, path, seed, overrides, run_dir,
+                                                     threads, keep_checkpoints)))  # fmt: skip
+
+    def run_one(item):
+        name, seed, spec = item
+        log(f"{name} seed {seed}: training ({Path(spec['run_dir']) / 'log.txt'})")
+        return item, *launch(spec)
+
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:  # seed-major, FIFO
+        for (name, seed, _), done, error in pool.map(run_one, pending):
             if done is None:
                 failures.append(f"{name} seed {seed}: {error.splitlines()[0]}")
                 log(f"{name} seed {seed} FAILED: {error}")
@@ -273,6 +288,8 @@ def run_main_suite(
             results[name].append(done)
             minutes = done["wall_s"] / 60
             log(f"{name} seed {seed}: test dice {done['dice']:.4f} in {minutes:.1f} min")
+    for done in results.values():
+        done.sort(key=lambda r: r["seed"])
     for name, done in results.items():  # a file edited while the suite ran (shared checkout)
         if any(r["provenance"]["files"] != done[0]["provenance"]["files"] for r in done):
             failures.append(f"{name}: its seeds ran on different source files (edited during the "
@@ -324,6 +341,7 @@ _PER_SEED_KEEP = (
     "seed", *PER_SEED_METRICS, "hd95_excluded", "worst_group", "n_empty_pred_on_lesion",
     "val_curve", "val_dice", "step", "train_wall_s", "wall_s", "train_images_s",
     "infer_images_s", "peak_rss_mb", "peak_cuda_mb", "device", "threads", "per_image_dice",
+    "started_at", "finished_at",
 )  # fmt: skip
 
 

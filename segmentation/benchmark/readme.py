@@ -303,9 +303,31 @@ def render_main_markdown(result: dict) -> str:
         lines += ["", f"**Incomplete table**: {len(missing)} of the suite's runs have not finished "
                   "yet and are left out (rows with fewer than 3 seeds say so): "
                   + ", ".join(missing) + "."]  # fmt: skip
-    lines += ["", f"Suite compute: {total / 3600:.1f} h of run wall time on {p['cpu']} "
-              f"({sum(r['n_seeds'] for r in result['rows'].values())} runs)."]  # fmt: skip
+    runs = sum(r["n_seeds"] for r in result["rows"].values())
+    compute = f"Suite compute: {total / 3600:.1f} h of run wall time on {p['cpu']} ({runs} runs"
+    elapsed = suite_elapsed_s(result)
+    if elapsed is not None and elapsed < 0.99 * total:  # runs overlapped (--jobs)
+        compute += (f"; {elapsed / 3600:.1f} h elapsed, runs side by side with "
+                    f"{p['threads']} thread(s) each")  # fmt: skip
+    lines += ["", compute + ")."]
     return "\n".join(lines)
+
+
+def suite_elapsed_s(result: dict) -> float | None:
+    """Seconds during which at least one run of the suite was running: the union of the runs'
+    ``[started_at, finished_at]`` intervals (pauses between sessions do not count), or None when
+    a run has no timestamps (results written before they were recorded)."""
+    spans = [(s.get("started_at"), s.get("finished_at"))
+             for r in result["rows"].values() for s in r["per_seed"]]  # fmt: skip
+    if not spans or any(a is None or b is None for a, b in spans):
+        return None
+    spans.sort()
+    total, (start, end) = 0.0, spans[0]
+    for a, b in spans[1:]:
+        if a > end:
+            total, start = total + end - start, a
+        end = max(end, b)
+    return total + end - start
 
 
 def write_readme(readme: str | Path, result: dict, *, main: bool = False) -> bool:

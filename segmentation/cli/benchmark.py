@@ -130,6 +130,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     suite.add_argument("--only", metavar="NAME,...", help="rows to run (file stems)")
     suite.add_argument("--steps", type=int, help="override every row's steps (smoke tests)")
     suite.add_argument("--threads", type=int, default=2, help="torch threads (recorded)")
+    suite.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="synthetic: runs at a time, each with --threads threads (e.g. --jobs 2 --threads 1)",
+    )
     suite.add_argument("--data-root", help="real-data suites: the dataset folder")
     suite.add_argument("--work-dir", type=Path, help="keep the run folders here (default: temp)")
     suite.add_argument(
@@ -246,7 +252,8 @@ def main_suite_cli(args) -> int:
                        f"{main_suite.configs_label(folder)}; pass the matching --configs or "
                        "another --json.")  # fmt: skip
     result = main_suite.run_main_suite(
-        only=only, seeds=seeds, steps=args.steps, threads=args.threads, work_dir=args.work_dir,
+        only=only, seeds=seeds, steps=args.steps, threads=args.threads, jobs=args.jobs,
+        work_dir=args.work_dir,
         folder=folder, keep_checkpoints=args.keep_checkpoints, train=not args.collect,
     )  # fmt: skip
     if old is not None:
