@@ -487,6 +487,17 @@ def test_figure_is_written(tmp_path, doctored):
     assert path.read_bytes()[:4] == b"\x89PNG"
 
 
+def test_figure_title_names_an_ablation_folder():
+    from segmentation.benchmark.figure import figure_title
+
+    protocol = {"image_size": 128, "cpu": "AMD EPYC", "configs": "experiments/synthetic/*.yaml"}
+    assert figure_title(protocol).startswith("dermseg main benchmark: synthetic data, 128 px")
+    ablation = {**protocol, "configs": "experiments/ablations/spatial_fusion/*.yaml"}
+    assert figure_title(ablation).startswith(
+        "dermseg ablation experiments/ablations/spatial_fusion: synthetic data"
+    )
+
+
 def test_cli_runs_merges_and_writes_json_figure_and_readme(tmp_path, monkeypatch, doctored, capsys):
     from segmentation.cli import benchmark as benchmark_cli
 

@@ -50,3 +50,28 @@ def test_networks_table_lists_a_network_whose_optional_package_is_missing(monkey
     assert lines[2].startswith("| `unet_tiny` | `UNet` |")
     needs = "needs an optional package (No module named 'sam3')"
     assert lines[3] == f"| `sam3_adapter` | - | {needs} | |"
+
+
+def test_readme_ablation_sentence_and_docs_table_match_the_ablation_json():
+    """The spatial-fusion numbers in prose come from benchmarks/ablation_spatial_fusion.json."""
+    import json
+
+    result = json.loads((ROOT / "benchmarks" / "ablation_spatial_fusion.json").read_text())
+    rows = result["rows"]
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    docs = (ROOT / "docs" / "benchmark.md").read_text()
+    for fusion, name in (("sum", "att_swinunet_cross_spatial"),
+                         ("mean", "att_swinunet_cross_spatial_mean"),
+                         ("gated", "att_swinunet_cross_spatial_gated")):  # fmt: skip
+        row = rows[name]
+        assert f"`{fusion}` {row['dice_mean']:.3f} +- {row['dice_std']:.3f}" in readme, fusion
+        assert f"{row['dice_mean']:.4f} +- {row['dice_std']:.4f}" in docs, fusion
+        seeds = " / ".join(f"{s['dice']:.4f}" for s in row["per_seed"])
+        assert seeds in docs, fusion
+        delta = row["delta_vs_unet"]
+        if delta is None:
+            continue
+        lo, hi = delta["ci95"]
+        assert f"delta {delta['mean']:+.3f}" in readme and f"[{lo:+.3f}, {hi:+.3f}]" in readme
+        assert f"{delta['mean']:+.4f} [{lo:+.4f}, {hi:+.4f}]" in docs
+        assert not delta["significant"]  # the prose says no difference is significant

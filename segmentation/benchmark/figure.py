@@ -12,6 +12,14 @@ from pathlib import Path
 _MARKERS = "osD^vP*Xh<>p"
 
 
+def figure_title(protocol: dict) -> str:
+    """The main suite's title, or the ablation folder's (``--configs``) so nobody mistakes it."""
+    suite = "main benchmark"
+    if not protocol["configs"].startswith("experiments/synthetic/"):
+        suite = f"ablation {protocol['configs'].removesuffix('/*.yaml')}"
+    return f"dermseg {suite}: synthetic data, {protocol['image_size']} px, {protocol['cpu']}"
+
+
 def plot_main(result: dict, path: str | Path) -> Path:
     """Write the figure of ``result`` (``benchmarks/synthetic.json``) to ``path`` (PNG)."""
     import matplotlib
@@ -41,7 +49,7 @@ def plot_main(result: dict, path: str | Path) -> Path:
     ax.set_xscale("log")
     ax.set_xlabel("training compute per run (TMAC, counted; log scale)")
     ax.set_ylabel(f"test per-image Dice (mean +- std over seeds {p['seeds']})")
-    ax.set_title(f"dermseg main benchmark: synthetic data, {p['image_size']} px, {p['cpu']}")
+    ax.set_title(figure_title(p))
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside: no point hidden
     fig.tight_layout()
