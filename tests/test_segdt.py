@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from networks import NETWORKS, SegDT, build_network
 from networks.segdt.dit import DIT_SIZES, DiT
 from networks.segdt.flow import (
+    data_estimate,
     euler_sample,
     flow_matching_loss,
     interpolate,
@@ -62,6 +63,27 @@ def test_euler_with_exact_velocity_recovers_target(steps):
     # The trajectory stays on the straight path: one step from t=1 lands on z_{1 - 1/K}.
     one = euler_sample(lambda z, t: noise - x0, noise, steps)
     torch.testing.assert_close(one, interpolate(x0, noise, torch.zeros(2)), atol=1e-10, rtol=0)
+
+
+def test_data_estimate_is_the_one_step_sampler():
+    gen = torch.Generator().manual_seed(0)
+    x0 = torch.randn(3, 4, 6, 6, generator=gen, dtype=torch.float64)
+    noise = torch.randn(3, 4, 6, 6, generator=gen, dtype=torch.float64)
+    t = torch.tensor([0.2, 0.7, 1.0], dtype=torch.float64)
+    z_t = interpolate(x0, noise, t)
+    torch.testing.assert_close(data_estimate(z_t, noise - x0, t), x0, atol=1e-12, rtol=0)
+    loss, estimate = flow_matching_loss(
+        lambda z, tt: noise - x0, x0, noise, t, return_estimate=True
+    )
+    assert loss == 0 and torch.allclose(estimate, x0, atol=1e-12)
+    # At t = 1 the estimate of any velocity is what a 1-step Euler sampler returns.
+    def velocity(z, tt):
+        return 0.3 * z + tt.view(-1, 1, 1, 1)
+
+    ones = torch.ones(3, dtype=torch.float64)
+    torch.testing.assert_close(
+        data_estimate(noise, velocity(noise, ones), ones), euler_sample(velocity, noise, 1)
+    )
 
 
 def test_sample_time_schedules_and_errors():
@@ -240,6 +262,41 @@ def test_image_encoder_gets_a_gradient_at_step_0():
     assert "condition_loss" not in logs
 
 
+@pytest.mark.parametrize("name", TINY)
+def test_estimate_loss_trains_the_dit_not_the_mask_decoder(name):
+    batch = make_batch()
+    noise_shape = build_network(name, in_channels=3, num_classes=1).latent.encode_mask(
+        batch["mask"]
+    ).shape
+    noise, t = torch.randn(noise_shape), torch.tensor([0.3, 1.0])
+    on = randomise_zero_init(
+        build_network(name, in_channels=3, num_classes=1, estimate_weight=2.0)
+    )
+    off = build_network(name, in_channels=3, num_classes=1)
+    off.load_state_dict(on.state_dict())
+    loss_fn = BCEDiceLoss()
+    torch.manual_seed(0)  # the learned space's reconstruction noise
+    total_on, logs = on.compute_loss(batch, loss_fn, noise=noise, t=t)
+    torch.manual_seed(0)
+    total_off, logs_off = off.compute_loss(batch, loss_fn, noise=noise, t=t)
+    assert "estimate_loss" in logs and "estimate_loss" not in logs_off
+    # The term is the segmentation loss of the decoded one-step estimate, times its weight.
+    z_mask = on.latent.encode_mask(batch["mask"]).detach()
+    z_t = interpolate(z_mask, noise, t)
+    velocity = on.velocity(z_t, on.latent.encode_image(batch["image"]), t)
+    expected = loss_fn(on.latent.decode(data_estimate(z_t, velocity, t), (64, 64)), batch["mask"])
+    torch.testing.assert_close(logs["estimate_loss"], float(expected.detach()), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(total_on, total_off + 2.0 * expected, rtol=1e-5, atol=1e-6)
+    # Its gradient reaches the DiT but leaves the mask decoder's weights alone.
+    decoder = list(getattr(on.latent, "mask_decoder", torch.nn.Sequential()).parameters())
+    for detach in (True, False):
+        on.zero_grad(set_to_none=True)
+        estimate = data_estimate(z_t, on.velocity(z_t, on.latent.encode_image(batch["image"]), t), t)
+        on.latent.decode(estimate, (64, 64), detach_weights=detach).square().mean().backward()
+        assert any(p.grad is not None and p.grad.any() for p in on.dit.parameters())
+        assert all((p.grad is None) == detach for p in decoder)
+
+
 def test_registered_segdt_builds_with_its_resnet_encoder():
     model = build_network("segdt", in_channels=3, num_classes=1)
     assert type(model.latent.image_encoder).__name__ == "TimmImageEncoder"
@@ -308,6 +365,7 @@ def test_trained_segdt_uses_the_image():
         ({"autoencoder": "none", "image_encoder": "conv"}, "image_encoder configures the learned"),
         ({"autoencoder": "none", "condition_weight": 1.0}, "condition_weight configures"),
         ({"condition_weight": -1.0}, "condition_weight must be >= 0"),
+        ({"estimate_weight": -0.5}, "estimate_weight must be >= 0"),
         ({"image_encoder": "resnet18", "latent_downsample": 64}, "feature strides.*64"),
         ({"num_heads": 3}, "not divisible by num_heads 3"),
     ],

@@ -65,11 +65,30 @@ def velocity_target(x0: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
 
 
 def flow_matching_loss(
-    velocity_fn: VelocityFn, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor
-) -> torch.Tensor:
-    """Mean squared error between ``velocity_fn(z_t, t)`` and ``noise - x0`` (scalar)."""
-    prediction = velocity_fn(interpolate(x0, noise, t), t)
-    return F.mse_loss(prediction, velocity_target(x0, noise))
+    velocity_fn: VelocityFn,
+    x0: torch.Tensor,
+    noise: torch.Tensor,
+    t: torch.Tensor,
+    *,
+    return_estimate: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Mean squared error between ``velocity_fn(z_t, t)`` and ``noise - x0`` (scalar).
+
+    With ``return_estimate`` also returns ``data_estimate(z_t, prediction, t)``, the network's
+    one-step guess of ``x0`` from the same forward pass.
+    """
+    z_t = interpolate(x0, noise, t)
+    prediction = velocity_fn(z_t, t)
+    loss = F.mse_loss(prediction, velocity_target(x0, noise))
+    return (loss, data_estimate(z_t, prediction, t)) if return_estimate else loss
+
+
+def data_estimate(z_t: torch.Tensor, velocity: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """One Euler step from ``t`` to 0: ``z_t - t velocity`` (``x0`` when the velocity is exact).
+
+    At ``t = 1`` this is exactly what a 1-step sampler returns from the noise ``z_1``.
+    """
+    return z_t - _expand(t, z_t) * velocity
 
 
 def euler_sample(velocity_fn: VelocityFn, noise: torch.Tensor, steps: int) -> torch.Tensor:

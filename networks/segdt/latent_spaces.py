@@ -56,8 +56,15 @@ class LatentSpace(nn.Module):
         """``long [B, H, W]`` -> ``[B, mask_channels, H/d, W/d]``."""
         raise NotImplementedError
 
-    def decode(self, latent: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        """``[B, mask_channels, h, w]`` -> logits ``[B, K, *size]``."""
+    def decode(
+        self, latent: torch.Tensor, size: tuple[int, int], *, detach_weights: bool = False
+    ) -> torch.Tensor:
+        """``[B, mask_channels, h, w]`` -> logits ``[B, K, *size]``.
+
+        ``detach_weights``: the gradient reaches ``latent`` but not the decoder's weights (a loss
+        on generated latents must not reshape the mask decoder). Spaces whose decoder is fixed
+        ignore it.
+        """
         raise NotImplementedError
 
     def auxiliary_loss(
@@ -90,7 +97,7 @@ class PixelLatentSpace(LatentSpace):
     def encode_mask(self, mask):
         return self._pool(mask_to_signed(mask, self.num_classes))
 
-    def decode(self, latent, size):
+    def decode(self, latent, size, *, detach_weights=False):
         return _resize(latent, size) * self.logit_scale
 
 
@@ -127,7 +134,7 @@ class TAESDLatentSpace(LatentSpace):
         signed = mask_to_signed(mask, 1, self.taesd.encoder.layers[0].weight.dtype)
         return self.taesd.encode(signed.expand(-1, 3, -1, -1)) * self.latent_scale
 
-    def decode(self, latent, size):
+    def decode(self, latent, size, *, detach_weights=False):  # TAESD is frozen
         grey = self.taesd.decode(latent / self.latent_scale).mean(dim=1, keepdim=True)
         return _resize(grey, size) * self.logit_scale
 
@@ -290,8 +297,12 @@ class LearnedLatentSpace(LatentSpace):
         signed = mask_to_signed(mask, self.num_classes, self.mask_encoder[0].weight.dtype)
         return torch.tanh(self.mask_encoder(signed))
 
-    def decode(self, latent, size):
-        return _resize(self.mask_decoder(latent), size)
+    def decode(self, latent, size, *, detach_weights=False):
+        if not detach_weights:
+            return _resize(self.mask_decoder(latent), size)
+        weights = {name: p.detach() for name, p in self.mask_decoder.named_parameters()}
+        logits = torch.func.functional_call(self.mask_decoder, weights, (latent,))
+        return _resize(logits, size)
 
     def guess(self, z_image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         """Logits ``[B, K, *size]`` of the condition head's mask-latent guess (no sampling)."""
@@ -304,11 +315,11 @@ class LearnedLatentSpace(LatentSpace):
         total, logs = z_mask.new_zeros(()), {}
         if not self.frozen:
             noisy = z_mask + self.latent_noise * torch.randn_like(z_mask)
-            recon = _segmentation_loss(loss_fn, self.decode(noisy, size), mask, self.num_classes)
+            recon = segmentation_loss(loss_fn, self.decode(noisy, size), mask, self.num_classes)
             total = total + self.recon_weight * recon
             logs["recon_loss"] = float(recon.detach())
         if self.condition_head is not None and z_image is not None:
-            condition = _segmentation_loss(
+            condition = segmentation_loss(
                 loss_fn, self.guess(z_image, size), mask, self.num_classes
             )
             total = total + self.condition_weight * condition
@@ -316,7 +327,7 @@ class LearnedLatentSpace(LatentSpace):
         return total, logs
 
 
-def _segmentation_loss(loss_fn, logits: torch.Tensor, mask: torch.Tensor, num_classes: int):
+def segmentation_loss(loss_fn, logits: torch.Tensor, mask: torch.Tensor, num_classes: int):
     """The configured loss, or without one the plain likelihood (BCE / cross-entropy)."""
     if loss_fn is not None:
         return loss_fn(logits, mask)
