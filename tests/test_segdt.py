@@ -76,6 +76,7 @@ def test_data_estimate_is_the_one_step_sampler():
         lambda z, tt: noise - x0, x0, noise, t, return_estimate=True
     )
     assert loss == 0 and torch.allclose(estimate, x0, atol=1e-12)
+
     # At t = 1 the estimate of any velocity is what a 1-step Euler sampler returns.
     def velocity(z, tt):
         return 0.3 * z + tt.view(-1, 1, 1, 1)
@@ -265,13 +266,11 @@ def test_image_encoder_gets_a_gradient_at_step_0():
 @pytest.mark.parametrize("name", TINY)
 def test_estimate_loss_trains_the_dit_not_the_mask_decoder(name):
     batch = make_batch()
-    noise_shape = build_network(name, in_channels=3, num_classes=1).latent.encode_mask(
-        batch["mask"]
-    ).shape
-    noise, t = torch.randn(noise_shape), torch.tensor([0.3, 1.0])
-    on = randomise_zero_init(
-        build_network(name, in_channels=3, num_classes=1, estimate_weight=2.0)
+    noise_shape = (
+        build_network(name, in_channels=3, num_classes=1).latent.encode_mask(batch["mask"]).shape
     )
+    noise, t = torch.randn(noise_shape), torch.tensor([0.3, 1.0])
+    on = randomise_zero_init(build_network(name, in_channels=3, num_classes=1, estimate_weight=2.0))
     off = build_network(name, in_channels=3, num_classes=1)
     off.load_state_dict(on.state_dict())
     loss_fn = BCEDiceLoss()
@@ -285,13 +284,17 @@ def test_estimate_loss_trains_the_dit_not_the_mask_decoder(name):
     z_t = interpolate(z_mask, noise, t)
     velocity = on.velocity(z_t, on.latent.encode_image(batch["image"]), t)
     expected = loss_fn(on.latent.decode(data_estimate(z_t, velocity, t), (64, 64)), batch["mask"])
-    torch.testing.assert_close(logs["estimate_loss"], float(expected.detach()), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(
+        logs["estimate_loss"], float(expected.detach()), rtol=1e-5, atol=1e-6
+    )
     torch.testing.assert_close(total_on, total_off + 2.0 * expected, rtol=1e-5, atol=1e-6)
     # Its gradient reaches the DiT but leaves the mask decoder's weights alone.
     decoder = list(getattr(on.latent, "mask_decoder", torch.nn.Sequential()).parameters())
     for detach in (True, False):
         on.zero_grad(set_to_none=True)
-        estimate = data_estimate(z_t, on.velocity(z_t, on.latent.encode_image(batch["image"]), t), t)
+        estimate = data_estimate(
+            z_t, on.velocity(z_t, on.latent.encode_image(batch["image"]), t), t
+        )
         on.latent.decode(estimate, (64, 64), detach_weights=detach).square().mean().backward()
         assert any(p.grad is not None and p.grad.any() for p in on.dit.parameters())
         assert all((p.grad is None) == detach for p in decoder)

@@ -37,14 +37,15 @@ sampling steps suffice). Every other choice is ours and listed here:
     mask are area-averaged, the mask mapped to [-1, 1]; decoding up-samples the latent bilinearly
     and multiplies it by ``logit_scale``.
 
-- Estimate loss (``estimate_weight``, ours, not in the paper; off unless set): the DiT's one-step
-  estimate of the mask latent from the training forward pass, ``z_t - t v`` (``flow.data_estimate``),
-  is decoded with the mask decoder's weights detached and scored with the segmentation loss. The
-  velocity MSE treats every latent entry alike, so on an ambiguous image the regression to the mean
-  of the background-heavy latents can decode to an empty mask; the segmentation loss (Dice in
-  ``bce_dice``) penalises that directly. At ``t = 1`` the estimate is exactly the 1-step sampler's
-  output, so this also trains the few-step regime. Only the DiT and the image encoder receive its
-  gradient; the mask autoencoder is trained by its reconstruction term alone.
+- Estimate loss (``estimate_weight``, ours, not in the paper; off unless set): the DiT's
+  one-step estimate of the mask latent from the training forward pass, ``z_t - t v``
+  (``flow.data_estimate``), is decoded with the mask decoder's weights detached and scored with
+  the segmentation loss. The velocity MSE treats every latent entry alike, so on an ambiguous
+  image the regression to the mean of the background-heavy latents can decode to an empty mask;
+  the segmentation loss (Dice in ``bce_dice``) penalises that directly. At ``t = 1`` the
+  estimate is exactly the 1-step sampler's output, so this also trains the few-step regime.
+  Only the DiT and the image encoder receive its gradient; the mask autoencoder is trained by its
+  reconstruction term alone.
 - ``forward`` runs the sampler, so it is differentiable but its gradient is not the training
   objective; train through ``compute_loss``.
 """
