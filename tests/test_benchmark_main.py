@@ -658,3 +658,15 @@ def test_suite_elapsed_time_is_the_union_of_the_run_intervals():
     assert suite_elapsed_s(result((0, 10), (2, 12), (100, 130))) == 42
     assert suite_elapsed_s(result((0, 10), (10, 20))) == 20
     assert suite_elapsed_s(result((0, 10), (None, None))) is None  # older results: no timestamps
+
+
+def test_jobs_or_threads_below_one_is_a_named_error_first(tmp_path, capsys, doctored):
+    tool = _tool()
+    for flag in (["--jobs", "0"], ["--threads", "0"]):
+        with pytest.raises(SystemExit) as exit_info:
+            tool.main(["--suite", "synthetic", "--work-dir", str(tmp_path / "work"), *flag])
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2 and "--jobs and --threads must be at least 1" in err
+    assert doctored == [] and not (tmp_path / "work").exists()
+    with pytest.raises(ValueError, match="jobs .* at least 1, got 0"):
+        main_suite.run_main_suite(jobs=0, work_dir=tmp_path / "work", log=lambda *_: None)
