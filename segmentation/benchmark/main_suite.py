@@ -252,6 +252,8 @@ def run_main_suite(
     """
     from segmentation.benchmark.provenance import row_provenance
 
+    if jobs < 1:  # before any config is read or source hashed
+        raise ValueError(f"jobs (runs at a time) must be at least 1, got {jobs}.")
     overrides = [*step_overrides(steps), *overrides]
     configs = load_configs(only, overrides, folder)
     work = Path(work_dir or DEFAULT_WORK_DIR)
@@ -279,8 +281,6 @@ def run_main_suite(
         log(f"{name} seed {seed}: training ({Path(spec['run_dir']) / 'log.txt'})")
         return item, *launch(spec)
 
-    if jobs < 1:
-        raise ValueError(f"jobs (runs at a time) must be at least 1, got {jobs}.")
     with ThreadPoolExecutor(max_workers=jobs) as pool:  # seed-major, FIFO
         for (name, seed, _), done, error in pool.map(run_one, pending):
             if done is None:
