@@ -710,3 +710,15 @@ def _alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+def test_jobs_or_threads_below_one_is_a_named_error_first(tmp_path, capsys, doctored):
+    tool = _tool()
+    for flag in (["--jobs", "0"], ["--threads", "0"]):
+        with pytest.raises(SystemExit) as exit_info:
+            tool.main(["--suite", "synthetic", "--work-dir", str(tmp_path / "work"), *flag])
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2 and "--jobs and --threads must be at least 1" in err
+    assert doctored == [] and not (tmp_path / "work").exists()
+    with pytest.raises(ValueError, match="jobs .* at least 1, got 0"):
+        main_suite.run_main_suite(jobs=0, work_dir=tmp_path / "work", log=lambda *_: None)

@@ -241,9 +241,9 @@ def run_main_suite(
         steps: override every row's steps (smoke tests; a multiple of 4).
         overrides: more ``section.key=value`` overrides for every row (tests).
         threads: torch threads of each run (recorded; part of bit-reproducibility).
-        jobs: runs at a time, each in its own process with ``threads`` threads (on 2 cores, two
-            1-thread runs train more images per second than one 2-thread run; see
-            docs/benchmark.md). Results do not depend on ``jobs``, only on ``threads``.
+        jobs: runs at a time, each in its own process with ``threads`` threads; whether that
+            is faster than one run with more threads depends on the network (docs/benchmark.md).
+            Results do not depend on ``jobs``, only on ``threads``.
         work_dir: where runs and their ``result.json`` live (default ``runs/benchmark-synthetic``).
         folder: the folder of row configs (default ``experiments/synthetic``; ``--configs``).
         keep_checkpoints: keep each run's ``checkpoints/`` (default: deleted after the test).
@@ -253,6 +253,8 @@ def run_main_suite(
     """
     from segmentation.benchmark.provenance import row_provenance
 
+    if jobs < 1:  # before any config is read or source hashed
+        raise ValueError(f"jobs (runs at a time) must be at least 1, got {jobs}.")
     overrides = [*step_overrides(steps), *overrides]
     configs = load_configs(only, overrides, folder)
     work = Path(work_dir or DEFAULT_WORK_DIR)
@@ -280,7 +282,7 @@ def run_main_suite(
         log(f"{name} seed {seed}: training ({Path(spec['run_dir']) / 'log.txt'})")
         return item, *launch(spec)
 
-    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:  # seed-major, FIFO
+    with ThreadPoolExecutor(max_workers=jobs) as pool:  # seed-major, FIFO
         for (name, seed, _), done, error in pool.map(run_one, pending):
             if done is None:
                 failures.append(f"{name} seed {seed}: {error.splitlines()[0]}")

@@ -257,6 +257,11 @@ def main_suite_cli(args) -> int:
             user_error(f"--json {args.json} holds the rows of {theirs}, not of "
                        f"{main_suite.configs_label(folder)}; pass the matching --configs or "
                        "another --json.")  # fmt: skip
+    if args.jobs < 1 or args.threads < 1:
+        user_error(
+            f"--jobs and --threads must be at least 1, got --jobs {args.jobs} --threads "
+            f"{args.threads}; e.g. --jobs 2 --threads 1 runs two 1-thread runs at once."
+        )
     result = main_suite.run_main_suite(
         only=only, seeds=seeds, steps=args.steps, threads=args.threads, jobs=args.jobs,
         work_dir=args.work_dir,
