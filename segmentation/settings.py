@@ -69,7 +69,10 @@ class TrainConfig:
         seed: seeds data order, augmentation and initialisation.
         num_workers: DataLoader worker processes.
         device: ``auto`` (CUDA if available, else CPU), ``cpu``, ``cuda``, ``cuda:1``...
-        amp: autocast; ``auto`` enables bf16/fp16 autocast on CUDA only (it slows CPU training).
+        amp: autocast; ``auto`` enables bf16/fp16 autocast on CUDA only; ``on`` also uses bf16 on
+            CPU, where its speed depends on the CPU's bf16 support (1.4-1.5x for the main suite's
+            convolutional rows on a 2-core AMD EPYC, slower on CPUs that emulate bf16) and the
+            numerics change (docs/benchmark.md, "Precision").
         grad_clip: max global gradient norm, 0 disables.
         onednn_linear: route ``nn.Linear`` through oneDNN on CPU (kernels issue; same weights).
         compile: wrap the model with ``torch.compile`` after moving it to the device.
