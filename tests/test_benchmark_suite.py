@@ -147,6 +147,30 @@ def test_cli_check_exit_code_follows_the_comparison(tmp_path, monkeypatch, capsy
     assert "CHECK FAILED: mcanet: dice 0.7500 vs reference 0.8000" in capsys.readouterr().out
 
 
+def test_cli_only_replaces_its_rows_of_an_existing_json(tmp_path, monkeypatch, capsys):
+    tool = _load_tool()
+    reference = fake_result()
+    path = tmp_path / "ci.json"
+    path.write_text(json.dumps(reference))
+    partial = copy.deepcopy(reference)
+    partial["rows"] = {"segdt": {**reference["rows"]["segdt"], "dice": 0.5, "wall_s": 100.0}}
+    monkeypatch.setattr(benchmark_suite, "run_suite", lambda *a, **k: copy.deepcopy(partial))
+    tool.main(["--suite", "ci", "--only", "segdt", "--json", str(path)])
+    merged = json.loads(path.read_text())
+    assert merged["rows"]["segdt"]["dice"] == 0.5
+    others = {n: r for n, r in reference["rows"].items() if n != "segdt"}
+    assert {n: merged["rows"][n] for n in others} == others
+    assert list(merged["rows"]) == list(reference["rows"])  # the table keeps its order
+    total = 100.0 + sum(r["wall_s"] for r in others.values())
+    assert merged["protocol"]["wall_s"] == pytest.approx(total)
+    partial["protocol"]["steps"] = 2  # a smoke run must not overwrite real rows
+    before = path.read_text()
+    with pytest.raises(SystemExit) as exit_info:
+        tool.main(["--suite", "ci", "--only", "segdt", "--json", str(path)])
+    assert exit_info.value.code == 2 and path.read_text() == before
+    assert "its steps is 300 but this run's is 2" in capsys.readouterr().err
+
+
 def test_readme_write_is_idempotent_and_touches_only_the_markers(tmp_path):
     readme = tmp_path / "README.md"
     before, after = "# title\n\n## Benchmark\nintro\n\n", "\n\n## Next\ntext\n"

@@ -184,6 +184,25 @@ def run_suite(
     return result
 
 
+def merge_rows(old: dict, new: dict) -> dict:
+    """``old`` (a results file) with the rows of ``new`` (a partial re-run) replacing its own.
+
+    The protocol must agree on ``PROTOCOL_KEYS``, the thread count and the suite; the merged
+    protocol is the new run's, with ``wall_s`` the sum of the rows' wall times (what a full run
+    would have taken). Raises ``ValueError`` naming the first disagreeing setting.
+    """
+    old_proto, new_proto = old.get("protocol", {}), new["protocol"]
+    for key in (*PROTOCOL_KEYS, "threads", "suite"):
+        if old_proto.get(key) != new_proto.get(key):
+            raise ValueError(
+                f"its {key} is {old_proto.get(key)!r} but this run's is {new_proto.get(key)!r}; "
+                "re-run every row (drop --only) or write to another --json."
+            )
+    rows = {**old.get("rows", {}), **new["rows"]}
+    protocol = {**new_proto, "wall_s": sum(row["wall_s"] for row in rows.values())}
+    return {**old, "protocol": protocol, "rows": rows}
+
+
 def _close(a, b, tol: float) -> bool:
     if a is None or b is None:
         return a is None and b is None

@@ -45,6 +45,7 @@ Modes (one per run):
 
     --suite ci [--only NAME,...] [--steps N] [--json PATH] [--write-readme] [--check PATH]
         Train every experiments/ci/*.yaml (synthetic 128x128, same steps/batch/seed, 2 threads),
+        or the --only rows, which then replace their rows of an existing --json (the others kept),
         evaluate best.pt once on the 300-image synthetic test split (HD95 on), record parameters,
         GMAC at 128/224, Dice, IoU, thresholded Jaccard, HD95, global Dice, worst skin-tone group,
         hard-tag Dice, images/s and wall time. --write-readme rewrites README's table between the
@@ -179,7 +180,7 @@ def user_error(message: str) -> NoReturn:
 def suite_cli(args) -> int:
     """``--suite ci|isic2018|isic2017|ph2``: run, write ``--json``/README, ``--check``."""
     from segmentation.benchmark.readme import write_readme
-    from segmentation.benchmark.suite import check, fmt, run_suite, suite_configs
+    from segmentation.benchmark.suite import check, fmt, merge_rows, run_suite, suite_configs
 
     reference = None
     if args.check:  # read (and fail on) the reference before an hour of training
@@ -208,6 +209,11 @@ def suite_cli(args) -> int:
             f"infer {fmt(row['infer_images_s'])} img/s, {row['wall_s']:.0f} s"
         )
     print(f"suite '{args.suite}': {result['protocol']['wall_s'] / 60:.1f} min")
+    if args.json and only and Path(args.json).is_file():  # a partial re-run updates its rows
+        try:
+            result = merge_rows(json.loads(Path(args.json).read_text()), result)
+        except ValueError as err:
+            user_error(f"--json {args.json}: {err}")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
