@@ -9,7 +9,11 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -670,3 +674,51 @@ def test_jobs_or_threads_below_one_is_a_named_error_first(tmp_path, capsys, doct
     assert doctored == [] and not (tmp_path / "work").exists()
     with pytest.raises(ValueError, match="jobs .* at least 1, got 0"):
         main_suite.run_main_suite(jobs=0, work_dir=tmp_path / "work", log=lambda *_: None)
+
+
+def test_a_child_run_stops_when_the_suite_is_killed(tmp_path):
+    # The suite's parent is killed outright (SIGKILL: no handler can run); its child, which would
+    # keep training for minutes, must notice and stop instead of sharing the cores with a re-run.
+    child = (
+        "import os, sys, time\n"
+        "from segmentation.benchmark.main_suite import exit_with_parent\n"
+        "exit_with_parent(os.getppid(), poll_s=0.05)\n"
+        f"open({str(tmp_path / 'child.pid')!r}, 'w').write(str(os.getpid()))\n"
+        "time.sleep(60)\n"
+    )
+    parent = (
+        "import subprocess, sys, time\n"
+        f"subprocess.Popen([sys.executable, '-c', {child!r}])\n"
+        "time.sleep(60)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", parent], cwd=ROOT)
+    pid_file = tmp_path / "child.pid"
+    deadline = time.monotonic() + 60
+    while not pid_file.is_file() or not pid_file.read_text():
+        assert time.monotonic() < deadline, "the child never started"
+        time.sleep(0.05)
+    pid = int(pid_file.read_text())
+    assert _alive(pid)  # running while its parent is
+    proc.kill()
+    proc.wait()
+    deadline = time.monotonic() + 10
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if _alive(pid):
+        os.kill(pid, signal.SIGKILL)
+        raise AssertionError("the child kept running after its suite was killed")
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (an exited process that nobody reaped yet, a zombie, does not)."""
+    stat = Path(f"/proc/{pid}/stat")
+    if stat.parent.parent.is_dir() and Path("/proc/self/stat").is_file():  # Linux
+        try:
+            return stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"
+        except (FileNotFoundError, ProcessLookupError):
+            return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True

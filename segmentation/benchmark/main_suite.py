@@ -33,6 +33,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -456,5 +457,25 @@ def merge(old: dict, new: dict, folder: Path | None = None) -> dict:
     return finalize(merged)
 
 
+def exit_with_parent(parent_pid: int, poll_s: float = 1.0) -> threading.Thread:
+    """Start a daemon thread that ends this process (exit code 1) once ``parent_pid`` is gone.
+
+    A child run must not outlive the suite: killing the suite (``kill PID``, a closed terminal,
+    a CI timeout) would otherwise leave it training, sharing the cores with the next run and
+    spoiling its wall time. Checks every ``poll_s`` seconds whether the process was re-parented.
+    """
+
+    def watch():
+        while os.getppid() == parent_pid:
+            time.sleep(poll_s)
+        print(f"the suite (pid {parent_pid}) is gone; stopping this run", file=sys.stderr)
+        os._exit(1)
+
+    thread = threading.Thread(target=watch, name="exit-with-parent", daemon=True)
+    thread.start()
+    return thread
+
+
 if __name__ == "__main__":
+    exit_with_parent(os.getppid())
     run_child(json.loads(sys.argv[1]))
