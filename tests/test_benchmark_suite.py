@@ -131,11 +131,16 @@ def _load_tool():
     return module
 
 
-def test_cli_check_exit_code_follows_the_comparison(tmp_path, monkeypatch, capsys):
-    tool = _load_tool()
+def _tool_and_reference(tmp_path):
+    """The CLI module, a fake committed ``ci.json`` and its path."""
     reference = fake_result()
     path = tmp_path / "ci.json"
     path.write_text(json.dumps(reference))
+    return _load_tool(), reference, path
+
+
+def test_cli_check_exit_code_follows_the_comparison(tmp_path, monkeypatch, capsys):
+    tool, reference, path = _tool_and_reference(tmp_path)
     rerun = copy.deepcopy(reference)
     monkeypatch.setattr(benchmark_suite, "run_suite", lambda *a, **k: copy.deepcopy(rerun))
     assert tool.main(["--suite", "ci", "--check", str(path)]) == []
@@ -148,10 +153,7 @@ def test_cli_check_exit_code_follows_the_comparison(tmp_path, monkeypatch, capsy
 
 
 def test_cli_only_replaces_its_rows_of_an_existing_json(tmp_path, monkeypatch, capsys):
-    tool = _load_tool()
-    reference = fake_result()
-    path = tmp_path / "ci.json"
-    path.write_text(json.dumps(reference))
+    tool, reference, path = _tool_and_reference(tmp_path)
     partial = copy.deepcopy(reference)
     partial["rows"] = {"segdt": {**reference["rows"]["segdt"], "dice": 0.5, "wall_s": 100.0}}
     monkeypatch.setattr(benchmark_suite, "run_suite", lambda *a, **k: copy.deepcopy(partial))
