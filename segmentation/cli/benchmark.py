@@ -186,6 +186,9 @@ def suite_cli(args) -> int:
     if args.check:  # read (and fail on) the reference before an hour of training
         reference = json.loads(Path(args.check).read_text())
     only = args.only.split(",") if args.only else None
+    old = None  # the results a partial re-run (--only) updates, read before training as well
+    if args.json and only and Path(args.json).is_file():
+        old = json.loads(Path(args.json).read_text())
     try:  # argument errors as one line, before any training
         suite_configs(args.suite, only)
     except KeyError as err:
@@ -209,9 +212,9 @@ def suite_cli(args) -> int:
             f"infer {fmt(row['infer_images_s'])} img/s, {row['wall_s']:.0f} s"
         )
     print(f"suite '{args.suite}': {result['protocol']['wall_s'] / 60:.1f} min")
-    if args.json and only and Path(args.json).is_file():  # a partial re-run updates its rows
+    if old is not None:
         try:
-            result = merge_rows(json.loads(Path(args.json).read_text()), result)
+            result = merge_rows(old, result)
         except ValueError as err:
             user_error(f"--json {args.json}: {err}")
     if args.json:
