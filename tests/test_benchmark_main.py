@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -478,6 +479,13 @@ def test_readme_main_table_blocks_significance_and_idempotence(tmp_path, doctore
     assert "| `swin_unet` | 0.6300 +- 0.0200 | **-0.1000 [-0.1000, -0.1000]** |" in text
     assert "| `att_swinunet_none` | = `swin_unet`: the same network and recipe" in text
     assert "worse than `unet`: `swin_unet` (-0.100)" in text
+    assert all(row["recipe"]["amp"] == "auto" for row in result["rows"].values())
+    assert ", bf16 |" not in text  # fp32 recipes carry no precision mark
+    result["rows"]["swin_unet"]["recipe"]["amp"] = "on"
+    row = next(
+        line for line in render_main_markdown(result).splitlines() if "| `swin_unet` |" in line
+    )
+    assert re.search(r"\| \d+ x \d+, bf16 \|", row)
     methods, sam = text.split("SAM-family pipeline checks - not SAM results.")
     assert "`sam_adapter`" in sam and "`sam_adapter`" not in methods.split("Notes:")[0]
     readme = tmp_path / "README.md"

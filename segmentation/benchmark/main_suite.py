@@ -380,6 +380,7 @@ def aggregate(name: str, config, results: list[dict]) -> dict:
         "recipe": {
             "optim": config.raw["optim"], "sched": config.raw["sched"],
             "grad_clip": config.train.grad_clip, "steps": steps, "batch_size": batch,
+            "amp": config.train.amp,
         },
         "train_gmac_per_image": train_gmac,
         "train_tmac": train_gmac * steps * batch / 1e3 if train_gmac is not None else None,

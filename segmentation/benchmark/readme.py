@@ -150,11 +150,17 @@ def _main_line(
         flag if variant is None else "",
         _num(row["params"] / 1e6, ".2f"),
         _num(row.get("gmac") if variant is None else None, ".2f"),  # SegDT: at its default K
-        f"{row['recipe']['steps']} x {row['recipe']['batch_size']}",
+        _steps(row["recipe"]),
         _num(row.get("train_tmac"), ".1f"),
         _num((row.get("train_wall_s") or math.nan) / 60, ".1f"),
     ]
     return "| " + " | ".join(cells) + " |"
+
+
+def _steps(recipe: dict) -> str:
+    """The "Steps x batch" cell; ", bf16" marks a recipe trained in bf16 autocast (``amp: on``)."""
+    precision = ", bf16" if recipe.get("amp") == "on" else ""
+    return f"{recipe['steps']} x {recipe['batch_size']}{precision}"
 
 
 _MAIN_HEADER = [
@@ -267,7 +273,8 @@ def render_main_markdown(result: dict) -> str:
         f"rose by at most {p['convergence_threshold']:g} over the last quarter of the steps, "
         'else "still improving". Cost: GMAC of one prediction at the suite\'s size; training '
         "compute in TMAC = counted GMAC of one training step per image (forward, loss, backward) x "
-        "steps x batch; wall minutes of training per seed on this machine.",
+        'steps x batch; wall minutes of training per seed on this machine. "bf16" after the '
+        'steps: the recipe trains in bf16 autocast (`train.amp: "on"`), the others in fp32.',
         "",
         *_main_table(methods, p.get("aliases", {}), p["reference_row"], ref_seeds),
         "",
