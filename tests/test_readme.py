@@ -72,6 +72,11 @@ def test_readme_ablation_sentence_and_docs_table_match_the_ablation_json():
         if delta is None:
             continue
         lo, hi = delta["ci95"]
-        assert f"delta {delta['mean']:+.3f}" in readme and f"[{lo:+.3f}, {hi:+.3f}]" in readme
+        verdict = "no difference"  # the prose's reading must be the JSON's
+        if delta["significant"]:
+            verdict = "significantly " + ("lower" if delta["mean"] < 0 else "higher")
+        assert (
+            f"delta {delta['mean']:+.3f}" in readme
+            and f"[{lo:+.3f}, {hi:+.3f}]: {verdict}" in readme
+        )
         assert f"{delta['mean']:+.4f} [{lo:+.4f}, {hi:+.4f}]" in docs
-        assert not delta["significant"]  # the prose says no difference is significant
