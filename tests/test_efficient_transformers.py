@@ -171,6 +171,17 @@ def test_efficient_attention_errors():
         efficient_attention(q, q, torch.randn(1, 2, 4, 6))
 
 
+@pytest.mark.parametrize("env", ["auto", "reference", "sdpa", "flex", "triton"])
+def test_efficient_attention_runs_reference_under_every_environment_backend(env, monkeypatch):
+    # the network benchmark's "best" config sets DERMSEG_ATTENTION_BACKEND=auto; that raised
+    # "backend 'auto' unknown" here and stopped `tools/benchmark.py --model transdae`
+    monkeypatch.setenv("DERMSEG_ATTENTION_BACKEND", env)
+    torch.manual_seed(0)
+    q, k, v = torch.randn(2, 2, 4, 10), torch.randn(2, 2, 4, 6), torch.randn(2, 2, 3, 6)
+    want = (k.softmax(-1) @ v.transpose(-2, -1)).transpose(-2, -1) @ q.softmax(-2)
+    torch.testing.assert_close(efficient_attention(q, k, v), want)
+
+
 def test_channel_attention_matches_hand_computation():
     torch.manual_seed(0)
     attn = ChannelAttention(8, num_heads=2)

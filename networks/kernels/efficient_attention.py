@@ -14,8 +14,6 @@ attention in dermseg is selected the same way.
 
 from __future__ import annotations
 
-import os
-
 import torch
 
 BACKENDS = ("auto", "reference")
@@ -39,15 +37,15 @@ def reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor
 def efficient_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, backend: str = "auto"
 ) -> torch.Tensor:
-    """Dispatch efficient attention (``DERMSEG_ATTENTION_BACKEND`` overrides ``auto``).
+    """Dispatch efficient attention: ``auto`` and ``reference`` run :func:`reference`.
 
-    Backends without an efficient-attention path (e.g. ``flex`` or ``triton`` chosen for the softmax
-    attentions through the environment) fall back to ``reference``.
+    Whatever ``DERMSEG_ATTENTION_BACKEND`` names for the softmax attentions (``auto``, ``flex``,
+    ``triton``, ...) has no efficient-attention counterpart, so ``auto`` runs ``reference`` under
+    every value of it.
     """
-    if backend == "auto":
-        backend = os.environ.get("DERMSEG_ATTENTION_BACKEND", "reference")
-        backend = backend if backend in BACKENDS else "reference"
-    if backend not in BACKENDS or backend == "auto":
+    if backend == "auto":  # every backend named in the environment (auto, flex, ...) runs reference
+        backend = "reference"
+    if backend not in BACKENDS:
         raise ValueError(
             f"efficient attention backend '{backend}' unknown; choose one of {BACKENDS} "
             "(its only computation path is 'reference', which is already linear in the tokens)."
