@@ -360,6 +360,48 @@ def test_pick_rows_is_deterministic_distinct_and_covers_every_row():
     assert ci_checks.pick_rows(commit, names, costs=costs, budget_s=50) == []
 
 
+def test_pick_rows_side_by_side_budgets_the_longest_pick():
+    names = [f"row{i}" for i in range(7)]
+    costs = {"row0": 900, "row1": 100, "row2": 300, "row3": 1100, "row4": 1150, "row5": 200,
+             "row6": 700}  # fmt: skip
+    within = {tuple(ci_checks.pick_rows(f"{i:040x}", names, costs=costs, budget_s=1000,
+                                        side_by_side=True)) for i in range(400)}  # fmt: skip
+    assert all(len(p) == 2 and max(costs[p[0]], costs[p[1]]) <= 1000 for p in within)
+    assert {n for p in within for n in p} == set(names) - {"row3", "row4"}
+    assert any(costs[p[0]] + costs[p[1]] > 1000 for p in within)  # one after the other: too long
+
+
+def test_reproduce_jobs_follow_the_recorded_threads():
+    assert ci_checks.reproduce_jobs(1, 2, cpus=2) == 2  # the suite's --jobs 2 --threads 1
+    assert ci_checks.reproduce_jobs(2, 2, cpus=2) == 1
+    assert ci_checks.reproduce_jobs(1, 1, cpus=8) == 1 and ci_checks.reproduce_jobs(4, 2, cpus=2) == 1
+
+
+def test_reproduce_runs_its_rows_side_by_side(tmp_path, monkeypatch):
+    """With jobs=2 both re-runs are in flight at once (a barrier of two would time out if they ran
+    one after the other), and each is still compared with its own committed seed 0."""
+    import threading
+
+    folder = _tiny_folder(tmp_path, rows=(("unet", "unet_tiny"), ("swin_unet", "swin_unet_tiny")))
+    barrier = threading.Barrier(2, timeout=30)
+    committed = {"unet": 0.5, "swin_unet": 0.6}
+
+    def fake_launch(spec):
+        barrier.wait()
+        name = Path(spec["run_dir"]).parent.name
+        return {"dice": committed[name], "per_image_dice": [committed[name]]}, None
+
+    monkeypatch.setattr(ci_checks, "launch", fake_launch)
+    reference = {
+        "protocol": {"threads": 1, "overrides": [], "reproduce_tolerance": {"dice": 0.02}},
+        "rows": {n: {"per_seed": [{"seed": 0, "dice": d, "per_image_dice": [d]}]}
+                 for n, d in committed.items()},
+    }  # fmt: skip
+    failures, report = ci_checks.reproduce(reference, ["unet", "swin_unet"], work_dir=tmp_path,
+                                           folder=folder, jobs=2, log=lambda *_: None)  # fmt: skip
+    assert failures == [] and len(report) == 2 and all("bit-identical" in r for r in report)
+
+
 # ------------------------------------------------------------------------------------ CLI and CI
 def _tool():
     import importlib.util

@@ -13,7 +13,9 @@ message instead of failing (:func:`load_results`).
 from __future__ import annotations
 
 import json
+import os
 import subprocess
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from segmentation.benchmark.main_suite import (
@@ -103,6 +105,7 @@ def pick_rows(
     *,
     costs: dict[str, float] | None = None,
     budget_s: float | None = None,
+    side_by_side: bool = False,
 ) -> list[str]:
     """``k`` distinct rows chosen from ``names`` by the hexadecimal ``commit`` hash.
 
@@ -110,27 +113,36 @@ def pick_rows(
     one of the rows not yet picked (sorted names), so every commit picks deterministically and
     the pairs are spread evenly over commits. With ``costs`` (seconds per row) and ``budget_s``,
     each digit picks among the rows that still let the remaining picks fit the budget (the
-    cheapest rows complete them), so CI's re-run stays within its time.
+    cheapest rows complete them), so CI's re-run stays within its time: the picks' costs add up
+    when they run one after the other, and the longest counts when they run ``side_by_side``.
     """
     if not names:
         return []
-    pool, value, picked, spent = sorted(names), int(commit, 16), [], 0.0
+    combine = max if side_by_side else sum
+    pool, value, picked = sorted(names), int(commit, 16), []
     for i in range(min(k, len(pool))):
         feasible = pool
         if costs is not None and budget_s is not None:
             left = k - 1 - i  # picks still to make after this one; the cheapest rows complete them
             feasible = [
                 name for name in pool
-                if spent + costs[name] + sum(sorted(costs[n] for n in pool if n != name)[:left])
-                <= budget_s
+                if combine([costs[n] for n in picked] + [costs[name]]
+                           + sorted(costs[n] for n in pool if n != name)[:left]) <= budget_s
             ]  # fmt: skip
             if not feasible:
                 break
         value, index = divmod(value, len(feasible))
         picked.append(feasible[index])
         pool.remove(feasible[index])
-        spent += costs[feasible[index]] if costs is not None else 0.0
     return picked
+
+
+def reproduce_jobs(threads: int, rows: int, cpus: int | None = None) -> int:
+    """How many re-runs ``--reproduce`` runs at once: as many as the CPU holds with the
+    ``threads`` each run was recorded with (the suite's ``--jobs 2 --threads 1`` on 2 cores gives
+    2, as the suite ran them), at least 1 and at most ``rows``."""
+    cpus = cpus if cpus is not None else (os.cpu_count() or 1)
+    return max(1, min(rows, cpus // max(1, threads)))
 
 
 def seed0_wall_s(row: dict) -> float:
@@ -166,13 +178,20 @@ def git_head() -> str:
 
 
 def reproduce(
-    reference: dict, names: list[str], *, work_dir: Path, folder: Path | None = None, log=print
+    reference: dict,
+    names: list[str],
+    *,
+    work_dir: Path,
+    folder: Path | None = None,
+    jobs: int = 1,
+    log=print,
 ) -> tuple[list, list]:
     """Re-run seed 0 of ``names`` and compare with the committed per-seed numbers.
 
     The re-run uses the thread count and config overrides recorded in ``reference["protocol"]``
     (none for the committed table) and the configs of ``folder`` (default
-    ``experiments/synthetic``).
+    ``experiments/synthetic``); ``jobs`` re-runs at a time (:func:`reproduce_jobs`; results do not
+    depend on it).
 
     Returns:
         ``(failures, report)``: a failure when the re-run's Dice differs from the committed seed-0
@@ -187,7 +206,7 @@ def reproduce(
                          f"{REPRODUCE_TOLERANCE} is allowed.")  # fmt: skip
     overrides = proto.get("overrides", [])
     configs = load_configs(names, overrides, folder)
-    failures, report = [], []
+    failures, report, runs = [], [], []
     for name in names:
         ref_seed = next((s for s in reference["rows"][name]["per_seed"] if s["seed"] == 0), None)
         if ref_seed is None:
@@ -196,7 +215,10 @@ def reproduce(
         run_dir = Path(work_dir) / name / "seed0"
         log(f"{name} seed 0: re-running ({run_dir / 'log.txt'})")
         spec = run_spec(name, configs[name][0], 0, overrides, run_dir, proto["threads"], False)
-        new, error = launch(spec)
+        runs.append((name, ref_seed, spec))
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        launched = list(pool.map(lambda run: launch(run[2]), runs))
+    for (name, ref_seed, _), (new, error) in zip(runs, launched):
         if new is None:
             failures.append(f"{name}: the re-run failed: {error}")
             continue

@@ -325,16 +325,24 @@ def checks_cli(args) -> int:
             commit = ci_checks.git_head()
             costs = {n: ci_checks.seed0_wall_s(result["rows"][n]) for n in candidates}
             budget = result["protocol"].get("reproduce_budget_s")
-            names = ci_checks.pick_rows(commit, candidates, costs=costs, budget_s=budget)
+            together = ci_checks.reproduce_jobs(result["protocol"]["threads"], 2) > 1
+            names = ci_checks.pick_rows(commit, candidates, costs=costs, budget_s=budget,
+                                        side_by_side=together)  # fmt: skip
             print(
                 f"rows picked by commit {commit[:12]}: {', '.join(names)}"
-                + (f" (recorded seed-0 wall time within {budget / 60:g} min)" if budget else "")
-            )
+                + (f" (recorded seed-0 wall time within {budget / 60:g} min"
+                   + (", side by side)" if together else ", one after the other)")
+                   if budget else "")
+            )  # fmt: skip
         unknown = sorted(set(names) - set(result["rows"]))
         if unknown:
             user_error(f"--only {','.join(unknown)}: not rows of {path}.")
         work = args.work_dir or Path(tempfile.mkdtemp(prefix="dermseg_reproduce_"))
-        failures, report = ci_checks.reproduce(result, names, work_dir=work, folder=folder)
+        jobs = ci_checks.reproduce_jobs(result["protocol"]["threads"], len(names))
+        print(f"re-running {len(names)} row(s), {jobs} at a time with "
+              f"{result['protocol']['threads']} thread(s) each (as recorded)")  # fmt: skip
+        failures, report = ci_checks.reproduce(result, names, work_dir=work, folder=folder,
+                                               jobs=jobs)  # fmt: skip
     print("\n".join(report))
     for message in failures:
         print(f"CHECK FAILED: {message}")
