@@ -374,7 +374,8 @@ def test_pick_rows_side_by_side_budgets_the_longest_pick():
 def test_reproduce_jobs_follow_the_recorded_threads():
     assert ci_checks.reproduce_jobs(1, 2, cpus=2) == 2  # the suite's --jobs 2 --threads 1
     assert ci_checks.reproduce_jobs(2, 2, cpus=2) == 1
-    assert ci_checks.reproduce_jobs(1, 1, cpus=8) == 1 and ci_checks.reproduce_jobs(4, 2, cpus=2) == 1
+    assert ci_checks.reproduce_jobs(1, 1, cpus=8) == 1
+    assert ci_checks.reproduce_jobs(4, 2, cpus=2) == 1
 
 
 def test_reproduce_runs_its_rows_side_by_side(tmp_path, monkeypatch):
@@ -767,6 +768,34 @@ def _alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+def test_only_refuses_to_mix_thread_counts_and_the_command_names_them(
+    tmp_path, capsys, doctored, monkeypatch
+):
+    """Results depend on --threads: a partial re-run (--only) into a JSON made with another
+    thread count is refused before training, and the regenerate command carries the count."""
+    tool = _tool()
+    out = tmp_path / "synthetic.json"
+    made = {"threads": 1, "configs": "experiments/synthetic/*.yaml"}
+    out.write_text(json.dumps({"protocol": made, "rows": {}}))
+    with pytest.raises(SystemExit) as exit_info:
+        tool.main(["--suite", "synthetic", "--only", "unet", "--json", str(out),
+                   "--work-dir", str(tmp_path / "work")])  # fmt: skip
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.count("\n") == 1
+    assert "made with --threads 1" in err and "Pass --threads 1" in err
+    assert doctored == [] and not (tmp_path / "work").exists()
+    monkeypatch.setattr(ci_checks.os, "cpu_count", lambda: 2)
+    assert ci_checks.regenerate_command(["unet"], threads=1) == (
+        "python tools/benchmark.py --suite synthetic --only unet --jobs 2 --threads 1 "
+        "--json benchmarks/synthetic.json --write-readme"
+    )
+    default = ci_checks.regenerate_command(["unet"])
+    assert ci_checks.regenerate_command(["unet"], threads=2) == default
+    from segmentation.cli import benchmark as cli  # its --threads default is DEFAULT_THREADS
+
+    assert cli.parse_args(["--suite", "synthetic"]).threads == ci_checks.DEFAULT_THREADS
 
 
 def test_jobs_or_threads_below_one_is_a_named_error_first(tmp_path, capsys, doctored):

@@ -31,18 +31,30 @@ from segmentation.benchmark.main_suite import (
 from segmentation.benchmark.suite import REPO_ROOT
 
 MAIN_RESULTS = "benchmarks/synthetic.json"
+DEFAULT_THREADS = 2  # tools/benchmark.py --threads without the flag
 
 
 def regenerate_command(
-    names=None, *, folder: Path | None = None, json_path: str | Path = MAIN_RESULTS
+    names=None,
+    *,
+    folder: Path | None = None,
+    json_path: str | Path = MAIN_RESULTS,
+    threads: int | None = None,
 ) -> str:
     """The command that re-runs ``names`` (default: every row) of ``folder`` and rewrites the
-    results at ``json_path`` and its figure, and the README table for the main suite."""
+    results at ``json_path`` and its figure, and the README table for the main suite; with the
+    ``threads`` the results were made with when that is not the CLI's default (results depend on
+    it), and as many runs at a time as this CPU holds with them."""
     main = is_main_folder(folder)
+    parallel = []
+    if threads is not None and threads != DEFAULT_THREADS:
+        jobs = reproduce_jobs(threads, rows=os.cpu_count() or 1)
+        parallel = [*([f"--jobs {jobs}"] if jobs > 1 else []), f"--threads {threads}"]
     return " ".join([
         "python tools/benchmark.py --suite synthetic",
         *([] if main else [f"--configs {folder_label(folder)}"]),
         *([f"--only {','.join(names)}"] if names else []),
+        *parallel,
         f"--json {json_path}",
         *(["--write-readme"] if main else []),
     ])  # fmt: skip
@@ -93,7 +105,8 @@ def check_provenance(
     failures = [f"{name}: stale - {'; '.join(reasons)}" for name, reasons in stale.items()]
     runnable = [name for name in configs if name in stale]  # in table order
     if runnable:
-        command = regenerate_command(runnable, folder=folder, json_path=json_path)
+        command = regenerate_command(runnable, folder=folder, json_path=json_path,
+                                     threads=result["protocol"].get("threads"))  # fmt: skip
         failures.append("regenerate with: " + command)
     return failures, notes
 
@@ -218,7 +231,7 @@ def reproduce(
         runs.append((name, ref_seed, spec))
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
         launched = list(pool.map(lambda run: launch(run[2]), runs))
-    for (name, ref_seed, _), (new, error) in zip(runs, launched):
+    for (name, ref_seed, _), (new, error) in zip(runs, launched, strict=True):
         if new is None:
             failures.append(f"{name}: the re-run failed: {error}")
             continue

@@ -265,6 +265,12 @@ def main_suite_cli(args) -> int:
             f"--jobs and --threads must be at least 1, got --jobs {args.jobs} --threads "
             f"{args.threads}; e.g. --jobs 2 --threads 1 runs two 1-thread runs at once."
         )
+    made_with = (old or {}).get("protocol", {}).get("threads")
+    if made_with is not None and made_with != args.threads:  # results depend on the threads
+        user_error(f"--json {args.json} was made with --threads {made_with}; rows re-run with "
+                   f"--threads {args.threads} would not be comparable with its other rows. Pass "
+                   f"--threads {made_with} (e.g. --jobs 2 --threads 1 on 2 cores), or re-run "
+                   "every row without --only.")  # fmt: skip
     result = main_suite.run_main_suite(
         only=only, seeds=seeds, steps=args.steps, threads=args.threads, jobs=args.jobs,
         work_dir=args.work_dir,
