@@ -798,6 +798,19 @@ def test_only_refuses_to_mix_thread_counts_and_the_command_names_them(
     assert cli.parse_args(["--suite", "synthetic"]).threads == ci_checks.DEFAULT_THREADS
 
 
+def test_the_table_names_the_command_that_made_it():
+    from segmentation.benchmark.readme import suite_command
+
+    assert suite_command({"threads": 2}) == (
+        "python tools/benchmark.py --suite synthetic --json benchmarks/synthetic.json "
+        "--write-readme"
+    )
+    assert suite_command({"threads": 1, "jobs": 2}) == (
+        "python tools/benchmark.py --suite synthetic --jobs 2 --threads 1 "
+        "--json benchmarks/synthetic.json --write-readme"
+    )
+
+
 def test_jobs_or_threads_below_one_is_a_named_error_first(tmp_path, capsys, doctored):
     tool = _tool()
     for flag in (["--jobs", "0"], ["--threads", "0"]):

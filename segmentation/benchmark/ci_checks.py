@@ -28,10 +28,9 @@ from segmentation.benchmark.main_suite import (
     other_configs,
     run_spec,
 )
-from segmentation.benchmark.suite import REPO_ROOT
+from segmentation.benchmark.suite import DEFAULT_THREADS, REPO_ROOT
 
 MAIN_RESULTS = "benchmarks/synthetic.json"
-DEFAULT_THREADS = 2  # tools/benchmark.py --threads without the flag
 
 
 def regenerate_command(

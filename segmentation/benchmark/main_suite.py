@@ -302,6 +302,7 @@ def run_main_suite(
     proto = main_protocol({n: c for n, (_, c) in configs.items()}, threads, seeds, overrides,
                           folder)  # fmt: skip
     proto["session_wall_s"] = time.perf_counter() - start
+    proto["jobs"] = jobs  # how it ran (the elapsed time), not what the numbers depend on
     return finalize({"protocol": proto, "rows": rows, "failures": failures, "missing": missing})
 
 

@@ -56,6 +56,7 @@ QUALITY = tuple(TOLERANCES)
 TIMINGS = ("train_images_s", "infer_images_s", "wall_s")
 # Settings that must agree between the reference and a re-run for the comparison to mean anything.
 PROTOCOL_KEYS = ("steps", "batch_size", "image_size", "n_test", "seed")
+DEFAULT_THREADS = 2  # tools/benchmark.py --threads without the flag
 
 
 def suite_configs(

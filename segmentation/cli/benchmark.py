@@ -130,7 +130,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     suite = parser.add_argument_group("--suite")
     suite.add_argument("--only", metavar="NAME,...", help="rows to run (file stems)")
     suite.add_argument("--steps", type=int, help="override every row's steps (smoke tests)")
-    suite.add_argument("--threads", type=int, default=2, help="torch threads (recorded)")
+    suite.add_argument(  # DEFAULT_THREADS of segmentation.benchmark.suite (a test ties them)
+        "--threads", type=int, default=2, help="torch threads (recorded)"
+    )
     suite.add_argument(
         "--jobs",
         type=int,
