@@ -116,6 +116,23 @@ def test_mean_std_and_the_still_improving_flag():
     assert not stats.convergence(flat, 1200)["still_improving"]
 
 
+def test_the_convergence_sentence_names_every_row_still_improving():
+    from segmentation.benchmark.readme import convergence_sentence
+
+    def row(rise):
+        return {"convergence": {"rise_last_quarter": rise, "still_improving": rise > 0.01}}
+
+    rows = {"unet": row(0.004), "swin_unet": row(0.026), "segdt": row(0.0101)}
+    assert convergence_sentence(rows, 0.01) == (
+        "Convergence: 2 of 3 trained rows were still improving (mean validation Dice up by more "
+        "than 0.01 over the last quarter): `swin_unet` (+0.0260), `segdt` (+0.0101); the others "
+        "converged."
+    )
+    assert convergence_sentence({"unet": row(0.004)}, 0.01).startswith(
+        "Convergence: every trained row's mean validation Dice rose by at most 0.01"
+    )
+
+
 # ------------------------------------------------------------------------------------- provenance
 def test_import_closure_follows_network_imports_only():
     files = provenance.import_closure("networks.att_swinunet")

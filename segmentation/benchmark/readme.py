@@ -236,6 +236,20 @@ def significance_sentence(rows: dict, reference: str, ref_seeds: int) -> str:
     return text
 
 
+def convergence_sentence(rows: dict, threshold: float) -> str:
+    """Which trained rows were still improving over their last quarter (the rise of the mean
+    validation Dice), in words, so that the prose never has to count them by hand."""
+    rising = [(name, row["convergence"]["rise_last_quarter"]) for name, row in rows.items()
+              if row["convergence"]["still_improving"]]  # fmt: skip
+    if not rising:
+        return (f"Convergence: every trained row's mean validation Dice rose by at most "
+                f"{threshold:g} over its last quarter.")  # fmt: skip
+    listed = ", ".join(f"`{name}` (+{rise:.4f})" for name, rise in rising)
+    return (f"Convergence: {len(rising)} of {len(rows)} trained rows were still improving (mean "
+            f"validation Dice up by more than {threshold:g} over the last quarter): {listed}; the "
+            "others converged.")  # fmt: skip
+
+
 def render_main_markdown(result: dict) -> str:
     """The main-table section, every number read from ``result`` (``benchmarks/synthetic.json``)."""
     p = result["protocol"]
@@ -279,6 +293,8 @@ def render_main_markdown(result: dict) -> str:
         *_main_table(methods, p.get("aliases", {}), p["reference_row"], ref_seeds),
         "",
         significance_sentence(methods, p["reference_row"], ref_seeds),
+        "",
+        convergence_sentence(result["rows"], p["convergence_threshold"]),
     ]
     if sam:
         lines += [
