@@ -787,9 +787,7 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def test_only_refuses_to_mix_thread_counts_and_the_command_names_them(
-    tmp_path, capsys, doctored, monkeypatch
-):
+def test_only_refuses_to_mix_thread_counts_and_the_command_names_them(tmp_path, capsys, doctored):
     """Results depend on --threads: a partial re-run (--only) into a JSON made with another
     thread count is refused before training, and the regenerate command carries the count."""
     tool = _tool()
@@ -803,8 +801,7 @@ def test_only_refuses_to_mix_thread_counts_and_the_command_names_them(
     assert exit_info.value.code == 2 and err.count("\n") == 1
     assert "made with --threads 1" in err and "Pass --threads 1" in err
     assert doctored == [] and not (tmp_path / "work").exists()
-    monkeypatch.setattr(ci_checks.os, "cpu_count", lambda: 2)
-    assert ci_checks.regenerate_command(["unet"], threads=1) == (
+    assert ci_checks.regenerate_command(["unet"], threads=1, jobs=2) == (
         "python tools/benchmark.py --suite synthetic --only unet --jobs 2 --threads 1 "
         "--json benchmarks/synthetic.json --write-readme"
     )
@@ -816,13 +813,13 @@ def test_only_refuses_to_mix_thread_counts_and_the_command_names_them(
 
 
 def test_the_table_names_the_command_that_made_it():
-    from segmentation.benchmark.readme import suite_command
+    from segmentation.benchmark.readme import made_with
 
-    assert suite_command({"threads": 2}) == (
+    assert made_with({"threads": 2}) == (
         "python tools/benchmark.py --suite synthetic --json benchmarks/synthetic.json "
         "--write-readme"
     )
-    assert suite_command({"threads": 1, "jobs": 2}) == (
+    assert made_with({"threads": 1, "jobs": 2}) == (
         "python tools/benchmark.py --suite synthetic --jobs 2 --threads 1 "
         "--json benchmarks/synthetic.json --write-readme"
     )

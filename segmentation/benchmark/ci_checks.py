@@ -39,21 +39,19 @@ def regenerate_command(
     folder: Path | None = None,
     json_path: str | Path = MAIN_RESULTS,
     threads: int | None = None,
+    jobs: int | None = None,
 ) -> str:
     """The command that re-runs ``names`` (default: every row) of ``folder`` and rewrites the
     results at ``json_path`` and its figure, and the README table for the main suite; with the
-    ``threads`` the results were made with when that is not the CLI's default (results depend on
-    it), and as many runs at a time as this CPU holds with them."""
+    ``jobs`` and ``threads`` the results were made with (their protocol records both) when they
+    are not the CLI's defaults (results depend on the threads)."""
     main = is_main_folder(folder)
-    parallel = []
-    if threads is not None and threads != DEFAULT_THREADS:
-        jobs = reproduce_jobs(threads, rows=os.cpu_count() or 1)
-        parallel = [*([f"--jobs {jobs}"] if jobs > 1 else []), f"--threads {threads}"]
     return " ".join([
         "python tools/benchmark.py --suite synthetic",
         *([] if main else [f"--configs {folder_label(folder)}"]),
         *([f"--only {','.join(names)}"] if names else []),
-        *parallel,
+        *([f"--jobs {jobs}"] if jobs not in (None, 1) else []),
+        *([f"--threads {threads}"] if threads not in (None, DEFAULT_THREADS) else []),
         f"--json {json_path}",
         *(["--write-readme"] if main else []),
     ])  # fmt: skip
@@ -104,8 +102,9 @@ def check_provenance(
     failures = [f"{name}: stale - {'; '.join(reasons)}" for name, reasons in stale.items()]
     runnable = [name for name in configs if name in stale]  # in table order
     if runnable:
+        made = result["protocol"]
         command = regenerate_command(runnable, folder=folder, json_path=json_path,
-                                     threads=result["protocol"].get("threads"))  # fmt: skip
+                                     threads=made.get("threads"), jobs=made.get("jobs"))  # fmt: skip
         failures.append("regenerate with: " + command)
     return failures, notes
 
