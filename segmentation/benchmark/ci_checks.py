@@ -103,8 +103,10 @@ def check_provenance(
     runnable = [name for name in configs if name in stale]  # in table order
     if runnable:
         made = result["protocol"]
-        command = regenerate_command(runnable, folder=folder, json_path=json_path,
-                                     threads=made.get("threads"), jobs=made.get("jobs"))  # fmt: skip
+        command = regenerate_command(
+            runnable, folder=folder, json_path=json_path, threads=made.get("threads"),
+            jobs=made.get("jobs"),
+        )  # fmt: skip
         failures.append("regenerate with: " + command)
     return failures, notes
 
