@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from segmentation.benchmark.ci_checks import regenerate_command
 from segmentation.benchmark.row import HARD_TAGS
 from segmentation.reporting.tables import format_number, replace_between_markers
 
@@ -252,8 +253,6 @@ def convergence_sentence(rows: dict, threshold: float) -> str:
 def made_with(protocol: dict) -> str:
     """The command that made the main table: :func:`ci_checks.regenerate_command` with the
     ``--jobs``/``--threads`` its protocol records."""
-    from segmentation.benchmark.ci_checks import regenerate_command
-
     return regenerate_command(threads=protocol["threads"], jobs=protocol.get("jobs"))
 
 
