@@ -157,7 +157,7 @@ def _copy_sources(root: Path) -> None:
         shutil.copy(ROOT / path, root / path)
 
 
-def _fake_run_row(name, config, run_dir, *, log=print, gmac_sizes=(128,), details=False):
+def _fake_run_row(name, config, run_dir, *, log=print, gmac_sizes=(128,), details=False, **_):
     """``run_row`` without training: plausible numbers that depend on the seed, the row and its
     learning rate (+0.01 per 1e-3 above 1e-3)."""
     seed, n = config.train.seed, config.raw["data"]["n_test"]
@@ -340,6 +340,96 @@ def test_reproduce_real_runs_are_bit_identical(tmp_path):
         result, ["unet"], work_dir=tmp_path / "again", folder=folder, log=lambda *_: None
     )
     assert failures == [] and "bit-identical" in report[0]
+
+
+class _Killed(Exception):
+    """Stands for a kill right after a checkpoint (the suite stopped, the session ended)."""
+
+
+def test_a_stopped_run_resumes_from_its_checkpoint_and_ends_like_an_uninterrupted_one(
+    tmp_path, monkeypatch
+):
+    folder = _tiny_folder(tmp_path, rows=(("unet", "unet_tiny"),))
+    launched = []
+
+    def in_process(spec):  # the real child code path, real training, in this process
+        launched.append(spec)
+        threads = torch.get_num_threads()
+        if not spec["resume"]:
+            shutil.rmtree(spec["run_dir"], ignore_errors=True)
+        Path(spec["run_dir"]).mkdir(parents=True, exist_ok=True)
+        try:
+            return main_suite.run_child(spec), ""
+        except _Killed as err:
+            return None, f"killed: {err}"
+        finally:
+            torch.set_num_threads(threads)
+
+    monkeypatch.setattr(main_suite, "launch", in_process)
+    run = dict(seeds=(0,), folder=folder, threads=1, log=lambda *_: None)
+    whole = main_suite.run_main_suite(**run, work_dir=tmp_path / "whole", keep_checkpoints=True)
+    assert whole["failures"] == [] and not launched[0]["resume"]
+    write = benchmark_row._TimingHook.write_progress
+
+    def killed_at_step_2(self, step):
+        write(self, step)
+        if step == 2:
+            raise _Killed(f"after the checkpoint of step {step}")
+
+    monkeypatch.setattr(benchmark_row._TimingHook, "write_progress", killed_at_step_2)
+    stopped = main_suite.run_main_suite(**run, work_dir=tmp_path / "work")
+    assert stopped["rows"] == {} and stopped["failures"][0].startswith("unet seed 0: killed")
+    run_dir = tmp_path / "work/unet/seed0"
+    record = json.loads((run_dir / "progress.json").read_text())
+    assert record["step"] == 2 and [p[0] for p in record["curve"]] == [1, 2]
+    identity = launched[-1]["identity"]
+    assert benchmark_row.read_progress(run_dir, identity)[1]["step"] == 2
+    # what cannot be resumed is not: another run's record, or no complete checkpoint of its step
+    assert benchmark_row.read_progress(run_dir, {**identity, "threads": 2}) is None
+    assert benchmark_row.read_progress(run_dir, {**identity, "seed": 1}) is None
+
+    monkeypatch.setattr(benchmark_row._TimingHook, "write_progress", write)
+    messages = []
+    resumed = main_suite.run_main_suite(
+        **{**run, "log": messages.append}, work_dir=tmp_path / "work", keep_checkpoints=True
+    )
+    assert launched[-1]["resume"] and any("stopped at step 2" in m for m in messages)
+    one, two = (r["rows"]["unet"]["per_seed"][0] for r in (whole, resumed))
+    assert two["resumed_from"] == [2] and one["resumed_from"] == []
+    assert two["per_image_dice"] == one["per_image_dice"] and two["dice"] == one["dice"]
+    assert two["val_curve"] == one["val_curve"] and [p[0] for p in two["val_curve"]] == [1, 2, 3, 4]
+    assert len(two["spans"]) == 2 and two["spans"][0][0] == two["started_at"]
+    assert two["spans"][0][1] <= two["spans"][1][0] and two["spans"][1][1] == two["finished_at"]
+    final = [torch.load(d / "unet/seed0/checkpoints/last.pt", weights_only=True)
+             for d in (tmp_path / "whole", tmp_path / "work")]  # fmt: skip
+    assert final[0]["step"] == final[1]["step"] == 4
+    for key, value in final[0]["model"].items():
+        assert torch.equal(value, final[1]["model"][key]), key
+
+    # killed during its test evaluation: resumed at the final step, nothing is trained again
+    (run_dir / "result.json").unlink()
+    tested = main_suite.run_main_suite(**run, work_dir=tmp_path / "work")["rows"]["unet"]
+    three = tested["per_seed"][0]
+    assert launched[-1]["resume"] and three["resumed_from"] == [2, 4]
+    assert three["per_image_dice"] == one["per_image_dice"]
+    assert three["val_curve"] == one["val_curve"]
+    assert three["train_images_s"] == two["train_images_s"]  # measured before the stop, kept
+    assert not (run_dir / "progress.json").exists() and not (run_dir / "checkpoints").exists()
+
+    # a stopped run whose checkpoint of the recorded step is truncated starts again from step 0
+    shutil.rmtree(run_dir)
+    monkeypatch.setattr(benchmark_row._TimingHook, "write_progress", killed_at_step_2)
+    main_suite.run_main_suite(**run, work_dir=tmp_path / "work")
+    for path in (run_dir / "checkpoints").glob("*.pt"):
+        if path.name != "best.pt":
+            path.write_bytes(path.read_bytes()[:100])
+    assert benchmark_row.read_progress(run_dir, identity) is None
+    monkeypatch.setattr(benchmark_row._TimingHook, "write_progress", write)
+    again = main_suite.run_main_suite(**run, work_dir=tmp_path / "work")
+    assert not launched[-1]["resume"]
+    assert again["rows"]["unet"]["per_seed"][0]["resumed_from"] == []
+    assert again["rows"]["unet"]["per_seed"][0]["per_image_dice"] == one["per_image_dice"]
+    assert not (run_dir / "progress.json").exists() and not (run_dir / "checkpoints").exists()
 
 
 def test_reproduce_fails_beyond_the_stated_tolerance(tmp_path, doctored):
@@ -744,6 +834,9 @@ def test_suite_elapsed_time_is_the_union_of_the_run_intervals():
     assert suite_elapsed_s(result((0, 10), (2, 12), (100, 130))) == 42
     assert suite_elapsed_s(result((0, 10), (10, 20))) == 20
     assert suite_elapsed_s(result((0, 10), (None, None))) is None  # older results: no timestamps
+    # a run resumed in a later session counts its two sittings, not the pause between them
+    resumed = {"started_at": 0, "finished_at": 130, "spans": [[0, 10], [100, 130]]}
+    assert suite_elapsed_s({"rows": {"r": {"per_seed": [resumed]}}}) == 40
 
 
 def test_a_child_run_stops_when_the_suite_is_killed(tmp_path):

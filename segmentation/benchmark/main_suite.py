@@ -6,13 +6,18 @@ tests ``best.pt`` (selected on the validation split) once on the same 300-image 
 writes one row per file into ``benchmarks/synthetic.json`` (see :func:`aggregate`).
 
 Each (row, seed) runs in a fresh process (``python -m segmentation.benchmark.main_suite SPEC``), so
-peak memory is that run's and no state leaks between runs; it writes
-``<work dir>/<row>/seed<k>/result.json`` (atomically) when it finishes. A suite started again with
-the same work folder skips every finished run whose configuration and source hashes still match
+peak memory is that run's and no state leaks between runs; it writes ``<work
+dir>/<row>/seed<k>/result.json`` (atomically) when it finishes. A suite started again with the same
+work folder skips every finished run whose configuration and source hashes still match
 (:mod:`segmentation.benchmark.provenance`) and re-runs the others, so a killed suite continues where
-it stopped and a changed row is never mixed with stale seeds. Runs go seed-major (every row at seed
-0, then 1, then 2), so a partial suite already has a complete one-seed table. The device follows
-each config (``train.device: auto``: CUDA when present), so a GPU machine runs the same command.
+it stopped and a changed row is never mixed with stale seeds. A run stopped part-way continues from
+its newest checkpoint (``train.checkpoint_every``) when its ``progress.json`` (written after every
+checkpoint) names the same seed, thread count, overrides, configuration and sources; the resumed run
+ends with the weights, curve and test numbers of an uninterrupted one, its times count the work kept
+(not the steps redone after the checkpoint) and ``resumed_from`` lists the steps it continued from.
+Anything else in the run folder starts again from step 0. Runs go seed-major (every row at seed 0,
+then 1, then 2), so a partial suite already has a complete one-seed table. The device follows each
+config (``train.device: auto``: CUDA when present), so a GPU machine runs the same command.
 
 Reproducibility: every config sets ``train.deterministic: true``; with the seeds in the config and
 the thread count recorded in the results (``torch.set_num_threads`` in the child), a re-run on the
@@ -38,7 +43,13 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from segmentation.benchmark.row import HARD_TAGS, SAMPLING_STEPS, train_gmac_per_image
+from segmentation.benchmark.row import (
+    HARD_TAGS,
+    PROGRESS_FILE,
+    SAMPLING_STEPS,
+    read_progress,
+    train_gmac_per_image,
+)
 from segmentation.benchmark.suite import REPO_ROOT, SUITES, protocol, suite_configs
 
 SEEDS = (0, 1, 2)
@@ -146,23 +157,36 @@ def step_overrides(steps: int | None) -> list[str]:
             f"train.checkpoint_every={quarter}"]  # fmt: skip
 
 
-def run_spec(name, path, seed, overrides, run_dir, threads, keep) -> dict:
-    """What a child process needs to train and test one (row, seed): JSON-serialisable."""
+def run_spec(name, path, seed, overrides, run_dir, threads, keep, identity=None,
+             resume=False) -> dict:  # fmt: skip
+    """What a child process needs to train and test one (row, seed): JSON-serialisable.
+    ``identity`` (:func:`run_identity`) goes into the run's ``progress.json``; ``resume``: continue
+    the stopped run in ``run_dir`` (:func:`segmentation.benchmark.row.read_progress` found it)."""
     return {"name": name, "config": str(path), "seed": seed, "overrides": list(overrides),
-            "run_dir": str(run_dir), "threads": threads, "keep_checkpoints": keep}  # fmt: skip
+            "run_dir": str(run_dir), "threads": threads, "keep_checkpoints": keep,
+            "identity": identity, "resume": resume}  # fmt: skip
+
+
+def run_identity(seed: int, threads: int, overrides, provenance: dict) -> dict:
+    """What a stopped run must have been to be resumed: the same seed, thread count, overrides,
+    resolved configuration and source files."""
+    return {"seed": seed, "threads": threads, "overrides": list(overrides),
+            "config_sha256": provenance["config_sha256"], "files": provenance["files"]}  # fmt: skip
 
 
 def launch(spec: dict) -> tuple[dict | None, str]:
-    """Run one (row, seed) in a fresh Python process (output to ``run_dir/log.txt``, emptied first).
+    """Run one (row, seed) in a fresh Python process (output to ``run_dir/log.txt``; the folder is
+    emptied first unless the run resumes, whose output is appended).
 
     Returns:
         ``(result, error)``: the run's ``result.json`` and ``""``, or ``None`` and a message that
         quotes the end of the log.
     """
     run_dir = Path(spec["run_dir"])
-    shutil.rmtree(run_dir, ignore_errors=True)
-    run_dir.mkdir(parents=True)
-    with open(run_dir / "log.txt", "w") as out:
+    if not spec.get("resume"):
+        shutil.rmtree(run_dir, ignore_errors=True)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open(run_dir / "log.txt", "a" if spec.get("resume") else "w") as out:
         command = [sys.executable, "-m", "segmentation.benchmark.main_suite", json.dumps(spec)]
         proc = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT, cwd=REPO_ROOT)
     if proc.returncode == 0 and (run_dir / "result.json").is_file():
@@ -186,8 +210,18 @@ def run_child(spec: dict) -> dict:
     config = load_config(spec["config"], [*spec["overrides"], f"train.seed={spec['seed']}"])
     run_dir = Path(spec["run_dir"])
     size = config.raw["data"]["image_size"]
-    row = run_row(spec["name"], config, run_dir, gmac_sizes=(size,), details=True)
+    identity = spec.get("identity")
+    resume = read_progress(run_dir, identity) if spec.get("resume") else None
+    if spec.get("resume") and resume is None:
+        raise RuntimeError(f"{run_dir}: the stopped run to resume is gone (no {PROGRESS_FILE} "
+                           "of this run with a complete checkpoint of its step)")  # fmt: skip
+    progress = (run_dir / PROGRESS_FILE, identity) if identity is not None else None
+    row = run_row(spec["name"], config, run_dir, gmac_sizes=(size,), details=True,
+                  progress=progress, resume=resume, started_at=started_at)  # fmt: skip
     device = resolve_device(config.train.device)
+    finished_at = time.time()
+    if row.get("spans"):
+        row["spans"][-1][1] = finished_at
     row.update(
         seed=spec["seed"],
         threads=spec["threads"],
@@ -195,11 +229,13 @@ def run_child(spec: dict) -> dict:
         batch_size=config.train.batch_size,
         device=device.type,
         provenance=row_provenance(config.raw, device=device),
-        started_at=started_at,  # epoch seconds: the suite's elapsed time is their union
-        finished_at=time.time(),
+        # epoch seconds: the suite's elapsed time is the union of the runs' spans
+        started_at=row.get("spans", [[started_at]])[0][0],
+        finished_at=finished_at,
     )
     if not spec.get("keep_checkpoints"):
         shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+        (run_dir / PROGRESS_FILE).unlink(missing_ok=True)
     tmp = run_dir / "result.json.tmp"
     tmp.write_text(json.dumps(row) + "\n")
     os.replace(tmp, run_dir / "result.json")
@@ -266,7 +302,9 @@ def run_main_suite(
     for seed in seeds:
         for name, (path, config) in configs.items():
             run_dir = work / name / f"seed{seed}"
-            done = _finished(run_dir, seed, threads, row_provenance(config.raw))
+            prov = row_provenance(config.raw)
+            done = _finished(run_dir, seed, threads, prov)
+            identity = run_identity(seed, threads, overrides, prov)
             if done is not None:
                 log(f"{name} seed {seed}: finished earlier ({run_dir / 'result.json'}), kept")
                 results[name].append(done)
@@ -274,8 +312,13 @@ def run_main_suite(
                 missing.append(f"{name} seed {seed}")
                 log(f"{name} seed {seed}: not finished (or stale) in {run_dir}, left out")
             else:
-                pending.append((name, seed, run_spec(name, path, seed, overrides, run_dir,
-                                                     threads, keep_checkpoints)))  # fmt: skip
+                stopped = read_progress(run_dir, identity)
+                if stopped is not None:
+                    log(f"{name} seed {seed}: stopped at step {stopped[1]['step']} earlier "
+                        f"({stopped[0]}), will resume from there")  # fmt: skip
+                pending.append((name, seed, run_spec(name, path, seed, overrides, run_dir, threads,
+                                                     keep_checkpoints, identity,
+                                                     stopped is not None)))  # fmt: skip
 
     def run_one(item):
         name, seed, spec = item
@@ -345,7 +388,7 @@ _PER_SEED_KEEP = (
     "seed", *PER_SEED_METRICS, "hd95_excluded", "worst_group", "n_empty_pred_on_lesion",
     "val_curve", "val_dice", "step", "train_wall_s", "wall_s", "train_images_s",
     "infer_images_s", "peak_rss_mb", "peak_cuda_mb", "device", "threads", "per_image_dice",
-    "started_at", "finished_at",
+    "started_at", "finished_at", "spans", "resumed_from",
 )  # fmt: skip
 
 

@@ -344,10 +344,11 @@ def render_main_markdown(result: dict) -> str:
 
 def suite_elapsed_s(result: dict) -> float | None:
     """Seconds during which at least one run of the suite was running: the union of the runs'
-    ``[started_at, finished_at]`` intervals (pauses between sessions do not count), or None when
-    a run has no timestamps (results written before they were recorded)."""
-    spans = [(s.get("started_at"), s.get("finished_at"))
-             for r in result["rows"].values() for s in r["per_seed"]]  # fmt: skip
+    ``spans`` (a resumed run has one per sitting; others ``[started_at, finished_at]``), so pauses
+    between sessions do not count; None when a run has no timestamps (results written before
+    they were recorded)."""
+    runs = [s for r in result["rows"].values() for s in r["per_seed"]]
+    spans = [tuple(span) for s in runs for span in _spans(s)]
     if not spans or any(a is None or b is None for a, b in spans):
         return None
     spans.sort()
@@ -357,6 +358,12 @@ def suite_elapsed_s(result: dict) -> float | None:
             total, start = total + end - start, a
         end = max(end, b)
     return total + end - start
+
+
+def _spans(run: dict) -> list:
+    """A run's ``spans`` (one per sitting of a resumed run), else ``[[started_at, finished_at]]``
+    (results without spans)."""
+    return run.get("spans") or [(run.get("started_at"), run.get("finished_at"))]
 
 
 def write_readme(readme: str | Path, result: dict, *, main: bool = False) -> bool:

@@ -10,7 +10,9 @@ memory.
 from __future__ import annotations
 
 import inspect
+import json
 import math
+import os
 import resource
 import time
 from pathlib import Path
@@ -109,14 +111,35 @@ def count_train_gmac(spec: dict, config, batch: dict) -> float | None:
     return counter.get_total_flops() / 2 / 1e9 / batch["image"].shape[0]
 
 
+PROGRESS_FILE = "progress.json"  # a run's record at its newest checkpoint (resumable runs)
+
+
 class _TimingHook(Hook):
     """Wall and process-CPU time of the training loop up to the step before the final validation;
-    the validation per-image Dice at every evaluation (``curve``: ``[[step, dice], ...]``)."""
+    the validation per-image Dice at every evaluation (``curve``: ``[[step, dice], ...]``).
 
-    def __init__(self) -> None:
+    With ``progress=(path, identity)`` it also writes, after every checkpoint (the checkpoint hook
+    runs first), a record of the run so far to ``path``: ``identity`` (what the run is, for the
+    caller to compare), the checkpoint's step, the curve, the times up to that step and the
+    ``[start, end]`` epoch intervals the run has trained in. A run resumed from that checkpoint
+    passes the record as ``prior`` and continues the curve, the times and the intervals; work done
+    after the checkpoint by the stopped run is not counted (it is redone).
+    """
+
+    def __init__(self, prior: dict | None = None, progress: tuple[Path, dict] | None = None,
+                 started_at: float | None = None) -> None:  # fmt: skip
+        prior = prior or {}
         self.start = self.start_cpu = None
-        self.images, self.seconds, self.cpu_seconds = 0, math.nan, math.nan
-        self.curve: list[list[float]] = []
+        self.images, self.seconds, self.cpu_seconds = prior.get("measured", (0, math.nan, math.nan))
+        self.curve: list[list[float]] = [list(point) for point in prior.get("curve", [])]
+        self.prior_s = prior.get("train_s", 0.0)
+        self.prior_cpu_s = prior.get("train_cpu_s", 0.0)
+        self.prior_wall_s = prior.get("wall_s", 0.0)  # run_row's wall time up to the checkpoint
+        self.spans = [list(span) for span in prior.get("spans", [])]
+        self.resumed_from = [*prior.get("resumed_from", []), *([prior["step"]] if prior else [])]
+        self.progress = progress
+        self.started_at = time.time() if started_at is None else started_at
+        self.created = time.perf_counter()
 
     def on_fit_start(self, trainer) -> None:
         self.start, self.start_cpu = time.perf_counter(), time.process_time()
@@ -128,8 +151,56 @@ class _TimingHook(Hook):
         # the last step also ran the validation; with one step only, it is all there is
         if trainer.step == trainer.cfg.steps - 1 or trainer.cfg.steps == 1:
             self.images = trainer.step * trainer.cfg.batch_size
-            self.seconds = time.perf_counter() - self.start
-            self.cpu_seconds = time.process_time() - self.start_cpu
+            self.seconds = self.prior_s + time.perf_counter() - self.start
+            self.cpu_seconds = self.prior_cpu_s + time.process_time() - self.start_cpu
+        cfg = trainer.cfg  # the checkpoint hook's condition: a checkpoint was just written
+        saved = trainer.step % cfg.checkpoint_every == 0 or trainer.step == cfg.steps
+        if self.progress is not None and (saved or trainer.stop_reason):
+            self.write_progress(trainer.step)
+
+    def wall_s(self) -> float:
+        """``run_row``'s wall time so far, earlier runs of a resumed run included."""
+        return self.prior_wall_s + time.perf_counter() - self.created
+
+    def write_progress(self, step: int) -> None:
+        path, identity = self.progress
+        record = {
+            "run": identity,
+            "step": step,
+            "curve": self.curve,
+            "train_s": self.prior_s + time.perf_counter() - self.start,
+            "train_cpu_s": self.prior_cpu_s + time.process_time() - self.start_cpu,
+            "wall_s": self.wall_s(),
+            "spans": [*self.spans, [self.started_at, time.time()]],
+            "resumed_from": self.resumed_from,
+            "measured": [self.images, self.seconds, self.cpu_seconds],
+        }
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(record) + "\n")
+        os.replace(tmp, path)
+
+
+def read_progress(run_dir: Path, identity: dict) -> tuple[Path, dict] | None:
+    """Where a stopped run of ``identity`` can continue: ``(checkpoint, record)`` when
+    ``run_dir/progress.json`` is that run's and a complete checkpoint of its step exists, else
+    None (no record, another run's, unreadable, or its checkpoint is missing or truncated)."""
+    from segmentation.checkpoint import load_checkpoint
+    from segmentation.errors import CheckpointError
+
+    try:
+        record = json.loads((Path(run_dir) / PROGRESS_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(record, dict) or record.get("run") != identity or "step" not in record:
+        return None
+    folder = Path(run_dir) / "checkpoints"
+    for path in (folder / f"step_{record['step']:08d}.pt", folder / "last.pt"):
+        try:
+            if path.is_file() and load_checkpoint(path)["step"] == record["step"]:
+                return path, record
+        except CheckpointError:
+            continue
+    return None
 
 
 def _group_stats(rows: list[dict], synthetic: bool) -> dict:
@@ -192,7 +263,16 @@ def _test_numbers(metrics: dict, rows: list[dict], synthetic: bool, details: boo
 
 
 def run_row(
-    name: str, config, run_dir: Path, *, log=print, gmac_sizes=(128, 224), details: bool = False
+    name: str,
+    config,
+    run_dir: Path,
+    *,
+    log=print,
+    gmac_sizes=(128, 224),
+    details: bool = False,
+    progress: tuple[Path, dict] | None = None,
+    resume: tuple[Path, dict] | None = None,
+    started_at: float | None = None,
 ) -> dict:
     """Train one configuration into ``run_dir``, evaluate ``best.pt`` once on the test split.
 
@@ -207,6 +287,13 @@ def run_row(
             numbers at every sampling step count of :data:`SAMPLING_STEPS` for networks whose
             ``predict`` takes ``steps`` (``sampling``),
             and the process's peak memory (meaningful in a fresh process, as the main suite runs).
+        progress: ``(path, identity)``: keep a record of the run at every checkpoint in ``path``
+            (see ``_TimingHook``), so that a stopped run can be resumed.
+        resume: ``(checkpoint, record)`` from :func:`read_progress`: continue that stopped run
+            (deterministic runs end with the weights of an uninterrupted one). The curve, the
+            times and ``spans`` (the epoch intervals it trained in) include the earlier runs;
+            ``resumed_from`` lists the steps it continued from.
+        started_at: epoch seconds this run started (default: now), the start of its last span.
     """
     from networks.common import count_parameters
     from segmentation.checkpoint import load_checkpoint, model_from_checkpoint, unwrap
@@ -214,9 +301,11 @@ def run_row(
     from segmentation.evaluation.evaluate import evaluate_model
     from segmentation.training.build import build_dataset, resolve_device, run_training
 
-    start = time.perf_counter()
-    timing = _TimingHook()
-    val = run_training(config, run_dir, extra_hooks=[timing])
+    timing = _TimingHook(resume[1] if resume else None, progress, started_at)
+    ckpt = load_checkpoint(resume[0]) if resume else None
+    if ckpt is not None:
+        log(f"{name}: resuming from {resume[0]} (step {ckpt['step']})")
+    val = run_training(config, run_dir, resume=ckpt, extra_hooks=[timing])
     device = resolve_device(config.train.device)
     ckpt = load_checkpoint(run_dir / "checkpoints" / "best.pt")
     model = model_from_checkpoint(ckpt).to(device).eval()
@@ -274,7 +363,9 @@ def run_row(
         row["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         cuda = device.type == "cuda"
         row["peak_cuda_mb"] = torch.cuda.max_memory_allocated(device) / 2**20 if cuda else None
-    row["wall_s"] = time.perf_counter() - start
+    row["wall_s"] = timing.wall_s()
+    row["spans"] = [*timing.spans, [timing.started_at, time.time()]]
+    row["resumed_from"] = timing.resumed_from
     log(
         f"{name}: dice {row['dice']:.4f}, hd95 {row['hd95']:.2f} px, worst group "
         f"{row['worst_group']} {row['worst_group_dice']:.4f}; {row['wall_s']:.0f} s"
