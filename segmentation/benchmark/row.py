@@ -130,7 +130,9 @@ class _TimingHook(Hook):
                  started_at: float | None = None) -> None:  # fmt: skip
         prior = prior or {}
         self.start = self.start_cpu = None
-        self.images, self.seconds, self.cpu_seconds = prior.get("measured", (0, math.nan, math.nan))
+        measured = prior.get("measured") or (0, None, None)  # None: not measured yet
+        self.images = measured[0]
+        self.seconds, self.cpu_seconds = (math.nan if x is None else x for x in measured[1:])
         self.curve: list[list[float]] = [list(point) for point in prior.get("curve", [])]
         self.prior_s = prior.get("train_s", 0.0)
         self.prior_cpu_s = prior.get("train_cpu_s", 0.0)
@@ -164,6 +166,7 @@ class _TimingHook(Hook):
 
     def write_progress(self, step: int) -> None:
         path, identity = self.progress
+        times = (self.seconds, self.cpu_seconds)  # JSON has no NaN: None until measured
         record = {
             "run": identity,
             "step": step,
@@ -173,7 +176,7 @@ class _TimingHook(Hook):
             "wall_s": self.wall_s(),
             "spans": [*self.spans, [self.started_at, time.time()]],
             "resumed_from": self.resumed_from,
-            "measured": [self.images, self.seconds, self.cpu_seconds],
+            "measured": [self.images, *(None if math.isnan(x) else x for x in times)],
         }
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_text(json.dumps(record) + "\n")
