@@ -293,9 +293,9 @@ def run_row(
         progress: ``(path, identity)``: keep a record of the run at every checkpoint in ``path``
             (see ``_TimingHook``), so that a stopped run can be resumed.
         resume: ``(checkpoint, record)`` from :func:`read_progress`: continue that stopped run
-            (deterministic runs end with the weights of an uninterrupted one). The curve, the
-            times and ``spans`` (the epoch intervals it trained in) include the earlier runs;
-            ``resumed_from`` lists the steps it continued from.
+            (deterministic runs end with the weights of an uninterrupted one). The curve and the
+            times include the earlier runs; with ``details``, ``spans`` (the epoch intervals it
+            trained in, earlier runs included) and ``resumed_from`` (the steps it continued from).
         started_at: epoch seconds this run started (default: now), the start of its last span.
     """
     from networks.common import count_parameters
@@ -367,8 +367,9 @@ def run_row(
         cuda = device.type == "cuda"
         row["peak_cuda_mb"] = torch.cuda.max_memory_allocated(device) / 2**20 if cuda else None
     row["wall_s"] = timing.wall_s()
-    row["spans"] = [*timing.spans, [timing.started_at, time.time()]]
-    row["resumed_from"] = timing.resumed_from
+    if details:  # the main suite's runs: when they trained (each sitting of a resumed run)
+        row["spans"] = [*timing.spans, [timing.started_at, time.time()]]
+        row["resumed_from"] = timing.resumed_from
     log(
         f"{name}: dice {row['dice']:.4f}, hd95 {row['hd95']:.2f} px, worst group "
         f"{row['worst_group']} {row['worst_group_dice']:.4f}; {row['wall_s']:.0f} s"
