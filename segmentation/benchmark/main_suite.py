@@ -6,9 +6,9 @@ tests ``best.pt`` (selected on the validation split) once on the same 300-image 
 writes one row per file into ``benchmarks/synthetic.json`` (see :func:`aggregate`).
 
 Each (row, seed) runs in a fresh process (``python -m segmentation.benchmark.main_suite SPEC``), so
-peak memory is that run's and no state leaks between runs; it writes ``<work
-dir>/<row>/seed<k>/result.json`` (atomically) when it finishes. A suite started again with the same
-work folder skips every finished run whose configuration and source hashes still match
+peak memory is that run's and no state leaks between runs; it writes
+``<work dir>/<row>/seed<k>/result.json`` (atomically) when it finishes. A suite started again with
+the same work folder skips every finished run whose configuration and source hashes still match
 (:mod:`segmentation.benchmark.provenance`) and re-runs the others, so a killed suite continues where
 it stopped and a changed row is never mixed with stale seeds. A run stopped part-way continues from
 its newest checkpoint (``train.checkpoint_every``) when its ``progress.json`` (written after every
