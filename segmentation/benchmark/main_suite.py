@@ -47,8 +47,10 @@ from segmentation.benchmark.row import (
     HARD_TAGS,
     PROGRESS_FILE,
     SAMPLING_STEPS,
+    progress_record,
     read_progress,
     train_gmac_per_image,
+    write_json_atomically,
 )
 from segmentation.benchmark.suite import REPO_ROOT, SUITES, protocol, suite_configs
 
@@ -158,10 +160,11 @@ def step_overrides(steps: int | None) -> list[str]:
 
 
 def run_spec(name, path, seed, overrides, run_dir, threads, keep, identity=None,
-             resume=False) -> dict:  # fmt: skip
+             resume=None) -> dict:  # fmt: skip
     """What a child process needs to train and test one (row, seed): JSON-serialisable.
-    ``identity`` (:func:`run_identity`) goes into the run's ``progress.json``; ``resume``: continue
-    the stopped run in ``run_dir`` (:func:`segmentation.benchmark.row.read_progress` found it)."""
+    ``identity`` (:func:`run_identity`) goes into the run's ``progress.json``; ``resume``: the
+    checkpoint (a path string) to continue the stopped run in ``run_dir`` from, as
+    :func:`segmentation.benchmark.row.read_progress` found it."""
     return {"name": name, "config": str(path), "seed": seed, "overrides": list(overrides),
             "run_dir": str(run_dir), "threads": threads, "keep_checkpoints": keep,
             "identity": identity, "resume": resume}  # fmt: skip
@@ -211,10 +214,13 @@ def run_child(spec: dict) -> dict:
     run_dir = Path(spec["run_dir"])
     size = config.raw["data"]["image_size"]
     identity = spec.get("identity")
-    resume = read_progress(run_dir, identity) if spec.get("resume") else None
-    if spec.get("resume") and resume is None:
-        raise RuntimeError(f"{run_dir}: the stopped run to resume is gone (no {PROGRESS_FILE} "
-                           "of this run with a complete checkpoint of its step)")  # fmt: skip
+    resume = None
+    if spec.get("resume"):  # the parent found it; run_row loads (and checks) the checkpoint
+        record = progress_record(run_dir, identity)
+        if record is None:
+            raise RuntimeError(f"{run_dir}: the {PROGRESS_FILE} of the stopped run to resume is "
+                               "gone or no longer this run's")  # fmt: skip
+        resume = (Path(spec["resume"]), record)
     progress = (run_dir / PROGRESS_FILE, identity) if identity is not None else None
     row = run_row(spec["name"], config, run_dir, gmac_sizes=(size,), details=True,
                   progress=progress, resume=resume, started_at=started_at)  # fmt: skip
@@ -236,9 +242,7 @@ def run_child(spec: dict) -> dict:
     if not spec.get("keep_checkpoints"):
         shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
         (run_dir / PROGRESS_FILE).unlink(missing_ok=True)
-    tmp = run_dir / "result.json.tmp"
-    tmp.write_text(json.dumps(row) + "\n")
-    os.replace(tmp, run_dir / "result.json")
+    write_json_atomically(run_dir / "result.json", row)
     return row
 
 
@@ -316,9 +320,10 @@ def run_main_suite(
                 if stopped is not None:
                     log(f"{name} seed {seed}: stopped at step {stopped[1]['step']} earlier "
                         f"({stopped[0]}), will resume from there")  # fmt: skip
-                pending.append((name, seed, run_spec(name, path, seed, overrides, run_dir, threads,
-                                                     keep_checkpoints, identity,
-                                                     stopped is not None)))  # fmt: skip
+                resume = str(stopped[0]) if stopped is not None else None
+                spec = run_spec(name, path, seed, overrides, run_dir, threads, keep_checkpoints,
+                                identity, resume)  # fmt: skip
+                pending.append((name, seed, spec))
 
     def run_one(item):
         name, seed, spec = item

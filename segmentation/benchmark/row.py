@@ -155,9 +155,9 @@ class _TimingHook(Hook):
             self.images = trainer.step * trainer.cfg.batch_size
             self.seconds = self.prior_s + time.perf_counter() - self.start
             self.cpu_seconds = self.prior_cpu_s + time.process_time() - self.start_cpu
-        cfg = trainer.cfg  # the checkpoint hook's condition: a checkpoint was just written
-        saved = trainer.step % cfg.checkpoint_every == 0 or trainer.step == cfg.steps
-        if self.progress is not None and (saved or trainer.stop_reason):
+        from segmentation.training.hooks import checkpoint_due
+
+        if self.progress is not None and checkpoint_due(trainer):  # written just before
             self.write_progress(trainer.step)
 
     def wall_s(self) -> float:
@@ -178,9 +178,26 @@ class _TimingHook(Hook):
             "resumed_from": self.resumed_from,
             "measured": [self.images, *(None if math.isnan(x) else x for x in times)],
         }
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(record) + "\n")
-        os.replace(tmp, path)
+        write_json_atomically(path, record)
+
+
+def write_json_atomically(path: Path, data) -> None:
+    """Write ``data`` as JSON to ``path`` through a temp file and a rename: a reader (or a killed
+    writer) never leaves a partial file behind."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data) + "\n")
+    os.replace(tmp, path)
+
+
+def progress_record(run_dir: Path, identity: dict) -> dict | None:
+    """``run_dir/progress.json`` when it is the record of the run ``identity``, else None."""
+    try:
+        record = json.loads((Path(run_dir) / PROGRESS_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(record, dict) or record.get("run") != identity or "step" not in record:
+        return None
+    return record
 
 
 def read_progress(run_dir: Path, identity: dict) -> tuple[Path, dict] | None:
@@ -190,11 +207,8 @@ def read_progress(run_dir: Path, identity: dict) -> tuple[Path, dict] | None:
     from segmentation.checkpoint import load_checkpoint
     from segmentation.errors import CheckpointError
 
-    try:
-        record = json.loads((Path(run_dir) / PROGRESS_FILE).read_text())
-    except (OSError, ValueError):
-        return None
-    if not isinstance(record, dict) or record.get("run") != identity or "step" not in record:
+    record = progress_record(run_dir, identity)
+    if record is None:
         return None
     folder = Path(run_dir) / "checkpoints"
     for path in (folder / f"step_{record['step']:08d}.pt", folder / "last.pt"):

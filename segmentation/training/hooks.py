@@ -18,6 +18,13 @@ from segmentation.checkpoint import (
 from segmentation.training.trainer import Hook, Trainer
 
 
+def checkpoint_due(trainer: Trainer) -> bool:
+    """Whether :class:`CheckpointHook` writes a checkpoint at ``trainer.step``: every
+    ``train.checkpoint_every`` steps, at the last step, and on a stop signal."""
+    step, cfg = trainer.step, trainer.cfg
+    return step % cfg.checkpoint_every == 0 or step == cfg.steps or bool(trainer.stop_reason)
+
+
 class CheckpointHook(Hook):
     """Checkpoints every ``train.checkpoint_every`` steps, at the end and on a stop signal:
     ``checkpoints/step_<N>.pt`` (the newest ``train.keep_checkpoints`` are kept) and
@@ -38,10 +45,9 @@ class CheckpointHook(Hook):
             save_checkpoint(self.dir / "best.pt", trainer.state_dict())
 
     def on_step_end(self, trainer: Trainer, logs: dict[str, float]) -> None:
+        if not checkpoint_due(trainer):
+            return
         step = trainer.step
-        if step % trainer.cfg.checkpoint_every and step != trainer.cfg.steps:
-            if not trainer.stop_reason:
-                return
         path = self.dir / f"step_{step:08d}.pt"
         save_checkpoint(path, trainer.state_dict())
         link_atomically(path, self.dir / "last.pt")
