@@ -128,6 +128,8 @@ def test_the_convergence_sentence_names_every_row_still_improving():
         "than 0.01 over the last quarter): `swin_unet` (+0.0260), `segdt` (+0.0101); the others "
         "converged."
     )
+    one = {"unet": row(0.004), "swin_unet": row(0.026)}
+    assert convergence_sentence(one, 0.01).startswith("Convergence: 1 of 2 trained rows was still")
     assert convergence_sentence({"unet": row(0.004)}, 0.01).startswith(
         "Convergence: every trained row's mean validation Dice rose by at most 0.01"
     )

@@ -245,7 +245,8 @@ def convergence_sentence(rows: dict, threshold: float) -> str:
         return (f"Convergence: every trained row's mean validation Dice rose by at most "
                 f"{threshold:g} over its last quarter.")  # fmt: skip
     listed = ", ".join(f"`{name}` (+{rise:.4f})" for name, rise in rising)
-    return (f"Convergence: {len(rising)} of {len(rows)} trained rows were still improving (mean "
+    verb = "was" if len(rising) == 1 else "were"
+    return (f"Convergence: {len(rising)} of {len(rows)} trained rows {verb} still improving (mean "
             f"validation Dice up by more than {threshold:g} over the last quarter): {listed}; the "
             "others converged.")  # fmt: skip
 
