@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from segmentation.training.hooks import checkpoint_due
 from segmentation.training.trainer import Hook
 
 HARD_TAGS = ("low_contrast", "heavy_hair", "tiny")
@@ -155,8 +156,6 @@ class _TimingHook(Hook):
             self.images = trainer.step * trainer.cfg.batch_size
             self.seconds = self.prior_s + time.perf_counter() - self.start
             self.cpu_seconds = self.prior_cpu_s + time.process_time() - self.start_cpu
-        from segmentation.training.hooks import checkpoint_due
-
         if self.progress is not None and checkpoint_due(trainer):  # written just before
             self.write_progress(trainer.step)
 
