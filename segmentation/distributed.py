@@ -118,10 +118,12 @@ class StopRequest:
     """Turns SIGTERM/SIGINT into a flag the training loop checks after each step.
 
     The loop then writes a final checkpoint and exits cleanly; a second signal exits at once.
+    :func:`request_stop` sets the same flag from inside the process, without a signal.
     """
 
     def __init__(self) -> None:
         self.requested: str | None = None
+        self._signalled = False
         self._previous: dict[int, object] = {}
 
     def __enter__(self) -> StopRequest:
@@ -133,10 +135,30 @@ class StopRequest:
         return self
 
     def _handle(self, signum, frame) -> None:
-        if self.requested is not None:
+        if self._signalled:  # counts signals only: a request_stop before it is not a first signal
             raise KeyboardInterrupt
+        self._signalled = True
         self.requested = signal.Signals(signum).name
 
     def __exit__(self, *exc) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
+
+
+def request_stop(reason: str) -> bool:
+    """Ask this process's running training loop to stop after its current step, as SIGTERM would
+    (a resumable checkpoint, then :class:`~segmentation.errors.RunStopped`), without a signal.
+
+    Safe from any thread. A stop already requested (by a signal) keeps its reason; a signal that
+    arrives after this call still counts as the first signal (it does not end the process at once).
+
+    Returns:
+        False when no training loop is running in this process (no :class:`StopRequest` holds
+        SIGTERM), so the caller has to end the process itself.
+    """
+    stop = getattr(signal.getsignal(signal.SIGTERM), "__self__", None)
+    if not isinstance(stop, StopRequest):
+        return False
+    if stop.requested is None:
+        stop.requested = reason
+    return True

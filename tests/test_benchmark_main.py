@@ -877,6 +877,52 @@ def test_a_child_run_stops_when_the_suite_is_killed(tmp_path):
             os.kill(pid, signal.SIGKILL)
 
 
+def test_a_training_child_whose_suite_is_killed_checkpoints_its_current_step(tmp_path):
+    # Between checkpoints (every 10000 steps here) a killed suite used to cost its children every
+    # step since their last one; now a child stops after its current step with a checkpoint.
+    child = (
+        "import os, sys, time\n"
+        f"sys.path.insert(0, {str(ROOT / 'tests')!r})\n"
+        "from conftest import tiny_config\n"
+        "from segmentation.benchmark.main_suite import exit_with_parent\n"
+        "from segmentation.training.build import run_training\n"
+        "from segmentation.training.trainer import Hook\n"
+        "exit_with_parent(os.getppid(), poll_s=0.05, grace_s=120)\n"
+        "class Report(Hook):\n"
+        "    def on_step_end(self, trainer, logs):\n"
+        f"        with open({str(tmp_path / 'step')!r}, 'w') as f:\n"
+        "            f.write(f'{os.getpid()} {trainer.step}')\n"
+        "        time.sleep(0.05)\n"
+        "cfg = tiny_config(steps=10000, eval_every=10000, checkpoint_every=10000)\n"
+        f"run_training(cfg, {str(tmp_path / 'run')!r}, extra_hooks=[Report()])\n"
+    )
+    parent = (
+        "import subprocess, sys, time\n"
+        f"subprocess.Popen([sys.executable, '-c', {child!r}])\n"
+        "time.sleep(900)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", parent], cwd=ROOT)
+    step_file, pid = tmp_path / "step", None
+    try:
+        deadline = time.monotonic() + 600  # the child imports torch: slow on a busy machine
+        while not step_file.is_file() or int((step_file.read_text().split() or [0, 0])[-1]) < 3:
+            assert time.monotonic() < deadline and proc.poll() is None, "the child never trained"
+            time.sleep(0.05)
+        pid, seen = (int(x) for x in step_file.read_text().split())
+        proc.kill()
+        proc.wait()
+        deadline = time.monotonic() + 120
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _alive(pid), "the child kept running after its suite was killed"
+        ckpt = torch.load(tmp_path / "run/checkpoints/last.pt", weights_only=False)
+        assert seen <= ckpt["step"] < 10000  # its current step, not the last periodic one (none)
+    finally:  # never leave either process behind
+        proc.kill()
+        if pid is not None and _alive(pid):
+            os.kill(pid, signal.SIGKILL)
+
+
 def _alive(pid: int) -> bool:
     """Whether ``pid`` runs (an exited process that nobody reaped yet, a zombie, does not)."""
     if Path("/proc/self/stat").is_file():  # Linux: the state field after the command name

@@ -373,6 +373,34 @@ def test_keep_checkpoints_zero_keeps_only_last_and_best(tmp_path):
         tiny(keep_checkpoints=-1)
 
 
+def test_request_stop_stops_like_sigterm_and_a_later_signal_is_still_the_first(tmp_path):
+    # The suite's child watcher stops a run with request_stop (no signal). If the SIGTERM that
+    # killed the suite arrives afterwards, it must not count as a second signal (which ends the
+    # process at once, without the checkpoint).
+    from segmentation.distributed import StopRequest, request_stop
+    from segmentation.training.trainer import Hook
+
+    assert request_stop("test") is False  # no training loop in this process: nothing to stop
+    with StopRequest() as stop:
+        assert request_stop("the suite's exit") and stop.requested == "the suite's exit"
+        os.kill(os.getpid(), signal.SIGTERM)  # handled at the next bytecode: no KeyboardInterrupt
+        time.sleep(0.01)
+        assert stop.requested == "SIGTERM"
+        with pytest.raises(KeyboardInterrupt):  # a real second signal still ends it at once
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.01)
+
+    class StopAt2(Hook):
+        def on_step_end(self, trainer, logs):
+            if trainer.step == 2:
+                assert request_stop("the suite's exit")
+
+    with pytest.raises(RunStopped, match=r"stopped by the suite's exit at step 3 of 8") as info:
+        run_training(tiny(steps=8, checkpoint_every=8), tmp_path, extra_hooks=[StopAt2()])
+    assert info.value.reason == "the suite's exit"
+    assert load_checkpoint(tmp_path / "checkpoints" / "last.pt")["step"] == 3
+
+
 def test_run_training_raises_run_stopped_after_writing_the_checkpoint(tmp_path):
     from segmentation.training.trainer import Hook
 

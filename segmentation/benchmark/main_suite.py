@@ -507,18 +507,33 @@ def merge(old: dict, new: dict, folder: Path | None = None) -> dict:
     return finalize(merged)
 
 
-def exit_with_parent(parent_pid: int, poll_s: float = 1.0) -> threading.Thread:
-    """Start a daemon thread that ends this process (exit code 1) once ``parent_pid`` is gone.
+def exit_with_parent(
+    parent_pid: int, poll_s: float = 1.0, grace_s: float = 300.0
+) -> threading.Thread:
+    """Start a daemon thread that ends this process once ``parent_pid`` is gone.
 
     A child run must not outlive the suite: killing the suite (``kill PID``, a closed terminal,
     a CI timeout) would otherwise leave it training, sharing the cores with the next run and
     spoiling its wall time. Checks every ``poll_s`` seconds whether the process was re-parented.
+    While the run trains, it is stopped as SIGTERM would stop it
+    (:func:`~segmentation.distributed.request_stop`): after its current step, with a resumable
+    checkpoint, so that a suite started again resumes from that step. This also lets a run that got
+    the same SIGTERM as its suite (``kill -- -PGID``, Ctrl-C) finish writing that checkpoint after
+    the suite has exited. A run that has not ended ``grace_s`` seconds later, or one that is not
+    training (data set-up, test evaluation), ends at once (exit code 1).
     """
+    from segmentation.distributed import request_stop
 
     def watch():
         while os.getppid() == parent_pid:
             time.sleep(poll_s)
-        print(f"the suite (pid {parent_pid}) is gone; stopping this run", file=sys.stderr)
+        if request_stop("the suite's exit"):
+            print(f"the suite (pid {parent_pid}) is gone; stopping this run after its current "
+                  "step, with a checkpoint to resume from", file=sys.stderr)  # fmt: skip
+            time.sleep(grace_s)
+            print(f"this run did not stop within {grace_s:.0f} s; ending it", file=sys.stderr)
+        else:
+            print(f"the suite (pid {parent_pid}) is gone; stopping this run", file=sys.stderr)
         os._exit(1)
 
     thread = threading.Thread(target=watch, name="exit-with-parent", daemon=True)
