@@ -851,30 +851,7 @@ def test_a_child_run_stops_when_the_suite_is_killed(tmp_path):
         f"open({str(tmp_path / 'child.pid')!r}, 'w').write(str(os.getpid()))\n"
         "time.sleep(900)\n"
     )
-    parent = (
-        "import subprocess, sys, time\n"
-        f"subprocess.Popen([sys.executable, '-c', {child!r}])\n"
-        "time.sleep(900)\n"
-    )
-    proc = subprocess.Popen([sys.executable, "-c", parent], cwd=ROOT)
-    pid_file, pid = tmp_path / "child.pid", None
-    try:
-        deadline = time.monotonic() + 600  # the child imports torch: slow on a busy machine
-        while not pid_file.is_file() or not pid_file.read_text():
-            assert time.monotonic() < deadline, "the child never started"
-            time.sleep(0.05)
-        pid = int(pid_file.read_text())
-        assert _alive(pid)  # running while its parent is
-        proc.kill()
-        proc.wait()
-        deadline = time.monotonic() + 60  # it polls every 0.05 s; the margin is for a busy machine
-        while _alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert not _alive(pid), "the child kept running after its suite was killed"
-    finally:  # never leave either process behind
-        proc.kill()
-        if pid is not None and _alive(pid):
-            os.kill(pid, signal.SIGKILL)
+    _orphan(child, tmp_path / "child.pid", timeout_s=60)  # it polls every 0.05 s
 
 
 def test_a_training_child_whose_suite_is_killed_checkpoints_its_current_step(tmp_path):
@@ -896,28 +873,43 @@ def test_a_training_child_whose_suite_is_killed_checkpoints_its_current_step(tmp
         "cfg = tiny_config(steps=10000, eval_every=10000, checkpoint_every=10000)\n"
         f"run_training(cfg, {str(tmp_path / 'run')!r}, extra_hooks=[Report()])\n"
     )
+    _, seen = _orphan(child, tmp_path / "step", ready=lambda f: len(f) == 2 and f[1] >= 3)
+    ckpt = torch.load(tmp_path / "run/checkpoints/last.pt", weights_only=False)
+    assert seen <= ckpt["step"] < 10000  # its current step, not the last periodic one (none)
+
+
+def _orphan(child: str, report: Path, ready=lambda fields: True, timeout_s: float = 120) -> list:
+    """Run the Python source ``child`` under a parent process, wait until the child has written
+    its pid (and any further integers) to ``report`` and ``ready`` accepts them, kill the parent
+    outright (SIGKILL) and assert that the child ends within ``timeout_s`` seconds.
+
+    Returns the integers read from ``report`` just before the kill; never leaves a process behind.
+    """
     parent = (
         "import subprocess, sys, time\n"
         f"subprocess.Popen([sys.executable, '-c', {child!r}])\n"
         "time.sleep(900)\n"
     )
     proc = subprocess.Popen([sys.executable, "-c", parent], cwd=ROOT)
-    step_file, pid = tmp_path / "step", None
+    pid = None
     try:
         deadline = time.monotonic() + 600  # the child imports torch: slow on a busy machine
-        while not step_file.is_file() or int((step_file.read_text().split() or [0, 0])[-1]) < 3:
-            assert time.monotonic() < deadline and proc.poll() is None, "the child never trained"
+        while True:
+            fields = [int(x) for x in report.read_text().split()] if report.is_file() else []
+            if fields and ready(fields):
+                break
+            assert time.monotonic() < deadline and proc.poll() is None, "the child never got ready"
             time.sleep(0.05)
-        pid, seen = (int(x) for x in step_file.read_text().split())
+        pid = fields[0]
+        assert _alive(pid)  # running while its parent is
         proc.kill()
         proc.wait()
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + timeout_s  # the margin is for a busy machine
         while _alive(pid) and time.monotonic() < deadline:
             time.sleep(0.05)
         assert not _alive(pid), "the child kept running after its suite was killed"
-        ckpt = torch.load(tmp_path / "run/checkpoints/last.pt", weights_only=False)
-        assert seen <= ckpt["step"] < 10000  # its current step, not the last periodic one (none)
-    finally:  # never leave either process behind
+        return fields
+    finally:
         proc.kill()
         if pid is not None and _alive(pid):
             os.kill(pid, signal.SIGKILL)
