@@ -874,7 +874,9 @@ def test_a_training_child_whose_suite_is_killed_checkpoints_its_current_step(tmp
         f"run_training(cfg, {str(tmp_path / 'run')!r}, extra_hooks=[Report()])\n"
     )
     _, seen = _orphan(child, tmp_path / "step", ready=lambda f: len(f) == 2 and f[1] >= 3)
-    ckpt = torch.load(tmp_path / "run/checkpoints/last.pt", weights_only=False)
+    from segmentation.checkpoint import load_checkpoint  # checks it is a complete checkpoint
+
+    ckpt = load_checkpoint(tmp_path / "run/checkpoints/last.pt")
     assert seen <= ckpt["step"] < 10000  # its current step, not the last periodic one (none)
 
 
